@@ -1,0 +1,264 @@
+"""The agent's configuration: one pydantic-settings tree.
+
+Sources, highest priority first: ``EDGE_AGENT__SECTION__KEY`` environment variables, the YAML
+file given with ``--config``, then the defaults below. Unknown keys are errors. Validators
+never touch disk or network: :func:`preflight` does the file checks separately.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from agent.errors import ConfigError
+
+DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
+_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
+    """The secret from its inline value or from its ``*_file`` (read here, never in validators)."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([(str(path), f"cannot read secret file: {exc.strerror}")]) from exc
+    return value.get_secret_value() if value is not None else None
+
+
+class TlsConfig(Section):
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker certificate.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
+    verify_hostname: bool = Field(True, description="Check the broker's name in its certificate.")
+
+
+class MqttConfig(Section):
+    host: str = Field("127.0.0.1", description="Commune broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(None, description="MQTT user name.")
+    password: SecretStr | None = Field(None, description="MQTT password (prefer password_file).")
+    password_file: Path | None = Field(None, description="File holding the MQTT password.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    topic_prefix: str = Field("camnet", pattern=r"^[A-Za-z0-9_-]+$", description="Topic root.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    client_id: str | None = Field(None, description="Client id; defaults to edge-<node_id>.")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect delay (jittered).")
+    max_inflight: int = Field(16, ge=1, le=1000, description="Unacknowledged messages at once.")
+    max_payload_bytes: int = Field(
+        1_000_000, ge=1024, description="Larger messages are dead-lettered, never sent."
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class CameraConfig(Section):
+    id: str = Field(pattern=_ID, description="Camera id, unique on this box: [a-z0-9-].")
+    source: str = Field(
+        min_length=1,
+        description="rtsp:// URL, /dev/videoN, a device index, a file path or a GStreamer "
+        "pipeline (containing '!').",
+    )
+    detect_fps: float = Field(5.0, gt=0, le=60, description="Frames per second to detect on.")
+    realtime: bool = Field(True, description="Files only: false plays as fast as possible.")
+    loop: bool = Field(False, description="Files only: start again at the end.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
+    read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
+    width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
+    height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+
+
+Family = Literal["auto", "yolox", "picodet", "nanodet", "yolov5", "yolov8"]
+
+
+class DetectorConfig(Section):
+    model: Path = Field(Path("models/yolox_nano_416.onnx"), description="ONNX model file.")
+    family: Family = Field("auto", description="Model family; auto detects it from the graph.")
+    threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads.")
+    spin: bool = Field(False, description="Let onnxruntime threads spin (burns CPU).")
+    labels: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LABELS), min_length=1, description="Labels to report."
+    )
+    min_score: float = Field(0.5, gt=0, le=1, description="Default minimum score.")
+    label_min_score: dict[str, float] = Field(
+        default_factory=dict, description="Per-label minimum scores overriding min_score."
+    )
+    nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS suppresses.")
+
+    @model_validator(mode="after")
+    def _labels_known(self) -> DetectorConfig:
+        unknown = set(self.label_min_score) - set(self.labels)
+        if unknown:
+            raise ValueError(f"label_min_score names labels not in labels: {sorted(unknown)}")
+        if any(not 0 < v <= 1 for v in self.label_min_score.values()):
+            raise ValueError("label_min_score values must be in (0, 1]")
+        return self
+
+
+class EventsConfig(Section):
+    min_hits: int = Field(3, ge=1, description="Detections a track needs before it is an event.")
+    iou_match: float = Field(0.2, gt=0, le=1, description="IoU to match a detection to a track.")
+    end_timeout_s: float = Field(
+        4.0, gt=0, description="An object unseen this long has left: its event ends."
+    )
+    update_interval_s: float = Field(
+        10.0, ge=0, description="At most one update per event in this many seconds."
+    )
+    min_move: float = Field(
+        0.25, gt=0, description="Moving this fraction of the frame diagonal is a change."
+    )
+    snapshot_gain: float = Field(
+        0.1, ge=0, description="A snapshot this much better (score x area) is a change."
+    )
+
+
+class SnapshotsConfig(Section):
+    enabled: bool = Field(True, description="Publish a JPEG per event.")
+    max_width: int = Field(640, ge=64, le=4096, description="Largest JPEG width.")
+    quality: int = Field(70, ge=10, le=100, description="JPEG quality.")
+
+
+class OutboxConfig(Section):
+    path: Path = Field(Path("/var/lib/edge-agent/outbox.db"), description="SQLite outbox file.")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="Outbox size bound.")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite durability: FULL survives power cuts, NORMAL writes less."
+    )
+
+
+class HeartbeatConfig(Section):
+    interval_s: float = Field(30.0, ge=1, description="Seconds between heartbeats.")
+    qos: Literal[0, 1] = Field(0, description="Heartbeat QoS.")
+
+
+class ShutdownConfig(Section):
+    drain_timeout_s: float = Field(
+        10.0, ge=0, description="On exit, wait this long for the outbox to drain."
+    )
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per log line.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_AGENT__",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    node_id: str = Field(pattern=_ID, description="This box's id, unique in the commune.")
+    commune_id: str = Field(pattern=_ID, description="The commune (ward) id.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
+    cameras: Annotated[list[CameraConfig], Field(min_length=1, description="Cameras.")]
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Detector.")
+    events: EventsConfig = Field(default_factory=EventsConfig, description="Tracking, events.")
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, description="JPEGs.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox.")
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="Heartbeat.")
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="Exit.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cams: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [c.id for c in cams]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique, repeated: {dupes}")
+        return cams
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [env_settings, init_settings]
+        if settings_cls.model_config.get("yaml_file") is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(root)"
+        out.append((path, err["msg"]))
+    return out
+
+
+def load_settings(path: Path | None, **overrides: Any) -> Settings:
+    """Load and validate the configuration; raise :class:`ConfigError` naming every problem."""
+    if path is not None and not path.is_file():
+        raise ConfigError([(str(path), "config file not found")])
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from exc
+    except (ValueError, OSError) as exc:  # YAML syntax errors surface as ValueError subclasses
+        raise ConfigError([(str(path), f"cannot parse: {exc}")]) from exc
+
+
+def preflight(settings: Settings) -> list[tuple[str, str]]:
+    """Checks that need the disk: files the config names exist and are readable."""
+    problems: list[tuple[str, str]] = []
+    if not settings.detector.model.is_file():
+        problems.append(("detector.model", f"model file not found: {settings.detector.model}"))
+    files = {
+        "mqtt.password_file": settings.mqtt.password_file,
+        "mqtt.tls.ca_file": settings.mqtt.tls.ca_file,
+        "mqtt.tls.cert_file": settings.mqtt.tls.cert_file,
+        "mqtt.tls.key_file": settings.mqtt.tls.key_file,
+    }
+    for name, file in files.items():
+        if file is not None and not file.is_file():
+            problems.append((name, f"file not found: {file}"))
+    for i, cam in enumerate(settings.cameras):
+        if _looks_like_file(cam.source) and not Path(cam.source).exists():
+            problems.append((f"cameras.{i}.source", f"file not found: {cam.source}"))
+    return problems
+
+
+def _looks_like_file(source: str) -> bool:
+    return not (re.match(r"^[a-z][a-z0-9+.-]*://", source) or "!" in source or source.isdigit())

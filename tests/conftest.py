@@ -1,0 +1,25 @@
+"""Shared test fixtures: where the real models and footage live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared")).resolve()
+MODELS = SHARED / "models"
+MEDIA = SHARED / "media"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared not found at {SHARED}: tests read real models and footage there")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def yolox_model(shared_dir: Path) -> Path:
+    return MODELS / "yolox_nano_416.onnx"
