@@ -1,0 +1,233 @@
+"""Pure logic: the tracker and the event rules, driven by synthetic timestamps."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from agent.domain import COCO_LABELS, Detections, EventType, Frame
+from agent.events import EventBuilder, moved, normalise, snapshot_quality
+from agent.tracker import Tracker, greedy_match, iou_matrix
+
+W, H = 640, 480
+IMAGE = np.zeros((H, W, 3), np.uint8)
+
+
+def dets(*items: tuple[str, tuple[float, float, float, float], float]) -> Detections:
+    if not items:
+        return Detections.empty()
+    return Detections(
+        np.array([b for _, b, _ in items], np.float32),
+        np.array([s for _, _, s in items], np.float32),
+        np.array([COCO_LABELS.index(lab) for lab, _, _ in items], np.int64),
+    )
+
+
+def frame(i: int, t: float) -> Frame:
+    return Frame("cam", i, t, 1_700_000_000.0 + t, IMAGE)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ((0, 0, 10, 10), (0, 0, 10, 10), 1.0),
+        ((0, 0, 10, 10), (5, 0, 15, 10), 50 / 150),
+        ((0, 0, 10, 10), (20, 20, 30, 30), 0.0),
+        ((0, 0, 10, 10), (0, 0, 5, 5), 0.25),
+    ],
+)
+def test_iou(a, b, expected):
+    got = iou_matrix(np.array([a], float), np.array([b], float))
+    assert got[0, 0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("scores", "min_score", "pairs"),
+    [
+        ([[0.9, 0.1], [0.8, 0.7]], 0.3, [(0, 0), (1, 1)]),
+        ([[0.9, 0.95], [0.1, 0.2]], 0.3, [(0, 1)]),
+        ([[0.1]], 0.3, []),
+        ([[0.5, 0.6]], 0.3, [(0, 1)]),
+    ],
+)
+def test_greedy_match(scores, min_score, pairs):
+    got, _, _ = greedy_match(np.array(scores, float), min_score)
+    assert got == pairs
+
+
+def make_tracker(**kw) -> Tracker:
+    args = {"iou_match": 0.2, "min_hits": 3, "max_lost_s": 2.0, "tentative_lost_s": 0.5}
+    return Tracker(**{**args, **kw})
+
+
+def run(tracker: Tracker, seq, fps: float = 5.0):
+    """Feed one Detections per step; return the tracks after each step."""
+    return [tracker.update(d, i / fps) for i, d in enumerate(seq)]
+
+
+PERSON = ("person", (100, 100, 200, 300), 0.8)
+
+
+def walking(x0: float, step: float, n: int):
+    return [dets(("person", (x0 + k * step, 100, x0 + k * step + 100, 300), 0.8)) for k in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("name", "seq", "ids", "confirmed_at_end"),
+    [
+        ("steady object is one track", [dets(PERSON)] * 10, {1}, True),
+        ("needs min_hits to confirm", [dets(PERSON)] * 2, {1}, False),
+        ("one missed frame keeps the id", [dets(PERSON)] * 4 + [dets()] + [dets(PERSON)] * 3, {1}, True),
+        ("slow walk keeps the id", walking(0, 20, 15), {1}, True),
+        ("fast walk kept by centre fallback", walking(0, 70, 8), {1}, True),
+        ("two apart objects are two tracks",
+         [dets(PERSON, ("car", (400, 300, 600, 460), 0.9))] * 4, {1, 2}, True),
+        ("label votes: car/truck flip is one track",
+         [dets(("car", (300, 200, 500, 400), 0.7)), dets(("truck", (302, 200, 502, 400), 0.6))] * 3,
+         {1}, True),
+    ],
+)  # fmt: skip
+def test_tracker_identity(name, seq, ids, confirmed_at_end):
+    out = run(make_tracker(), seq)
+    seen = {t.track_id for step in out for t in step}
+    assert seen == ids, name
+    assert all(t.confirmed == confirmed_at_end for t in out[-1]), name
+
+
+def test_tentative_flicker_is_dropped_and_confirmed_survives_gap():
+    tr = make_tracker()
+    # a single-frame flicker, then nothing for 0.6 s (> tentative_lost_s): gone
+    assert tr.update(dets(PERSON), 0.0)
+    assert tr.update(dets(), 0.6) == []
+    # a confirmed track survives a 1.8 s gap (< max_lost_s) and keeps its id
+    for i in range(3):
+        tr.update(dets(PERSON), 1.0 + i * 0.2)
+    (t1,) = tr.update(dets(), 3.2)
+    assert t1.confirmed and not t1.seen_now
+    (t2,) = tr.update(dets(PERSON), 3.2 + 1.5)
+    assert t2.track_id == t1.track_id and t2.seen_now
+    # ... but not a gap longer than max_lost_s
+    assert tr.update(dets(), 4.7 + 2.01) == []
+
+
+def test_person_and_motorcycle_never_match_each_other():
+    tr = make_tracker()
+    out = run(tr, [dets(PERSON, ("motorcycle", (105, 150, 205, 310), 0.8))] * 4)
+    assert {t.label for t in out[-1]} == {"person", "motorcycle"}
+    assert len({t.track_id for t in out[-1]}) == 2
+
+
+def test_timestamps_must_not_go_backwards():
+    tr = make_tracker()
+    tr.update(dets(), 1.0)
+    with pytest.raises(ValueError, match="backwards"):
+        tr.update(dets(), 0.5)
+
+
+# ---------------------------------------------------------------- event rules
+
+
+def builder(**kw) -> EventBuilder:
+    ids = (f"ev{i}" for i in itertools.count(1))
+    args = {"update_interval_s": 5.0, "min_move": 0.2, "snapshot_gain": 0.1}
+    return EventBuilder("cam", new_id=lambda: next(ids), **{**args, **kw})
+
+
+def play(seq, *, fps=5.0, tracker=None, eb=None, close=True):
+    """Run detections through tracker and builder; return the emitted events in order."""
+    tracker = tracker or make_tracker()
+    eb = eb or builder()
+    events = []
+    for i, d in enumerate(seq):
+        f = frame(i, i / fps)
+        events += eb.update(tracker.update(d, f.ts), f)
+    if close:
+        events += eb.close()
+    return events
+
+
+def kinds(emissions):
+    return [(e.event.event_id, e.event.type.value) for e in emissions]
+
+
+@pytest.mark.parametrize(
+    ("name", "seq", "expected"),
+    [
+        ("nothing", [dets()] * 20, []),
+        ("flicker of two frames is no event", [dets(PERSON)] * 2 + [dets()] * 20, []),
+        ("a visit is new then end", [dets(PERSON)] * 10 + [dets()] * 20,
+         [("ev1", "new"), ("ev1", "end")]),
+        ("standing still for 5 minutes is one event, no updates",
+         [dets(PERSON)] * (5 * 60 * 5) + [dets()] * 20, [("ev1", "new"), ("ev1", "end")]),
+        ("flicker inside a visit does not split it",
+         ([dets(PERSON)] * 5 + [dets()] * 2) * 6 + [dets()] * 20,
+         [("ev1", "new"), ("ev1", "end")]),
+        ("two visits are two events",
+         [dets(PERSON)] * 10 + [dets()] * 20 + [dets(PERSON)] * 10 + [dets()] * 20,
+         [("ev1", "new"), ("ev1", "end"), ("ev2", "new"), ("ev2", "end")]),
+        # 0.2 diagonals is 181 px at 640x480: 46 frames at 4 px a frame, i.e. t=9.2 s and 18.4 s
+        ("a long walk across the frame sends updates when it moved enough",
+         walking(0, 4, 135) + [dets()] * 20,
+         [("ev1", "new"), ("ev1", "update"), ("ev1", "update"), ("ev1", "end")]),
+    ],
+)  # fmt: skip
+def test_event_rules(name, seq, expected):
+    assert kinds(play(seq)) == expected, name
+
+
+def test_updates_are_rate_limited():
+    # moves 0.2 diagonals every 1.3 s, far more than min_move: updates come every 5 s at most
+    out = play(walking(0, 35, 16), eb=builder(update_interval_s=1.0, min_move=0.05))
+    times = [e.event.ts for e in out if e.event.type is EventType.UPDATE]
+    assert len(times) >= 2
+    assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times))
+    out = play(walking(0, 35, 16), eb=builder(update_interval_s=5.0, min_move=0.05))
+    assert len([e for e in out if e.event.type is EventType.UPDATE]) == 0  # 3.2 s < 5 s
+
+
+def test_new_event_fields_and_end_timestamps():
+    out = play([dets(PERSON)] * 10 + [dets()] * 20)
+    new, end = out[0].event, out[1].event
+    assert new.type is EventType.NEW and new.rev == 0 and new.end_ts is None
+    assert new.box == pytest.approx((100 / W, 100 / H, 200 / W, 300 / H))
+    assert new.start_ts == pytest.approx(1_700_000_000.0)  # first detection, not confirmation
+    assert new.has_snapshot and out[0].snapshot is not None
+    assert out[0].snapshot.event_id == "ev1"
+    assert end.type is EventType.END and end.rev == 1 and end.id == "ev1-1" and new.id == "ev1-0"
+    assert end.end_ts == pytest.approx(1_700_000_000.0 + 9 / 5)  # last frame it was seen
+    assert not end.has_snapshot  # nothing better than what was already sent
+
+
+def test_better_snapshot_sent_at_end_and_snapshots_can_be_disabled():
+    small = ("person", (100, 100, 150, 200), 0.6)
+    big = ("person", (100, 100, 220, 340), 0.9)
+    out = play([dets(small)] * 4 + [dets(big)] * 2 + [dets()] * 20)
+    assert kinds(out) == [("ev1", "new"), ("ev1", "end")]
+    assert out[1].event.has_snapshot and out[1].snapshot is not None
+    assert out[1].snapshot.score == pytest.approx(0.9)
+    out = play([dets(small)] * 4 + [dets()] * 20, eb=builder(snapshots=False))
+    assert [e.event.has_snapshot for e in out] == [False, False]
+    assert all(e.snapshot is None for e in out)
+
+
+@pytest.mark.parametrize(
+    ("box", "score", "cut_ratio"),
+    [((100, 100, 200, 300), 0.8, 1.0), ((0, 100, 100, 300), 0.8, 0.5)],
+)
+def test_snapshot_quality_penalises_edge_cuts(box, score, cut_ratio):
+    inside = snapshot_quality((100, 100, 200, 300), score, W, H)
+    assert snapshot_quality(box, score, W, H) == pytest.approx(inside * cut_ratio)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "dist"),
+    [((0, 0, 0.1, 0.1), (0, 0, 0.1, 0.1), 0.0), ((0, 0, 0, 0), (1, 1, 1, 1), 1.0)],
+)
+def test_moved(a, b, dist):
+    assert moved(a, b) == pytest.approx(dist)
+
+
+def test_normalise_clips():
+    assert normalise((-5, 10, 700, 480), W, H) == (0.0, 10 / H, 1.0, 1.0)
