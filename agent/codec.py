@@ -103,5 +103,5 @@ def decode(payload: bytes) -> dict[str, Any]:
     """Parse a JSON payload (for subscribers such as ``edge-agent tail``)."""
     obj = json.loads(payload)
     if not isinstance(obj, dict):
-        raise ValueError("payload is not a JSON object")
+        raise TypeError("payload is not a JSON object")
     return obj

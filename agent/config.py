@@ -27,6 +27,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
@@ -116,6 +117,9 @@ class DetectorConfig(Section):
 
     @model_validator(mode="after")
     def _labels_known(self) -> DetectorConfig:
+        not_coco = [lab for lab in self.labels if lab not in COCO_LABELS]
+        if not_coco:
+            raise ValueError(f"labels not known to COCO models: {not_coco}")
         unknown = set(self.label_min_score) - set(self.labels)
         if unknown:
             raise ValueError(f"label_min_score names labels not in labels: {sorted(unknown)}")
@@ -208,8 +212,8 @@ class Settings(BaseSettings):
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - pydantic's signature
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [env_settings, init_settings]
         if settings_cls.model_config.get("yaml_file") is not None:
@@ -229,6 +233,7 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     """Load and validate the configuration; raise :class:`ConfigError` naming every problem."""
     if path is not None and not path.is_file():
         raise ConfigError([(str(path), "config file not found")])
+
     class _FromFile(Settings):
         model_config = SettingsConfigDict(yaml_file=path)
 

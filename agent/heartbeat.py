@@ -124,9 +124,7 @@ class PsutilProbe:
 
 
 class HeartbeatPublisher(Protocol):
-    def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool = False
-    ) -> int | None: ...
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None: ...
 
 
 class HeartbeatThread:

@@ -16,7 +16,7 @@ def draw_box(
     image: npt.NDArray[np.uint8], box: tuple[float, float, float, float], text: str
 ) -> npt.NDArray[np.uint8]:
     """A copy of ``image`` with ``box`` and its caption drawn."""
-    out = image.copy()
+    out: npt.NDArray[np.uint8] = image.copy()
     x1, y1, x2, y2 = (round(v) for v in box)
     thick = max(1, round(max(out.shape[:2]) / 400))
     cv2.rectangle(out, (x1, y1), (x2, y2), _GREEN, thick)

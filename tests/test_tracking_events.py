@@ -79,7 +79,8 @@ def walking(x0: float, step: float, n: int):
     [
         ("steady object is one track", [dets(PERSON)] * 10, {1}, True),
         ("needs min_hits to confirm", [dets(PERSON)] * 2, {1}, False),
-        ("one missed frame keeps the id", [dets(PERSON)] * 4 + [dets()] + [dets(PERSON)] * 3, {1}, True),
+        ("one missed frame keeps the id",
+         [dets(PERSON)] * 4 + [dets()] + [dets(PERSON)] * 3, {1}, True),
         ("slow walk keeps the id", walking(0, 20, 15), {1}, True),
         ("fast walk kept by centre fallback", walking(0, 70, 8), {1}, True),
         ("two apart objects are two tracks",
@@ -105,9 +106,11 @@ def test_tentative_flicker_is_dropped_and_confirmed_survives_gap():
     for i in range(3):
         tr.update(dets(PERSON), 1.0 + i * 0.2)
     (t1,) = tr.update(dets(), 3.2)
-    assert t1.confirmed and not t1.seen_now
+    assert t1.confirmed
+    assert not t1.seen_now
     (t2,) = tr.update(dets(PERSON), 3.2 + 1.5)
-    assert t2.track_id == t1.track_id and t2.seen_now
+    assert t2.track_id == t1.track_id
+    assert t2.seen_now
     # ... but not a gap longer than max_lost_s
     assert tr.update(dets(), 4.7 + 2.01) == []
 
@@ -190,12 +193,18 @@ def test_updates_are_rate_limited():
 def test_new_event_fields_and_end_timestamps():
     out = play([dets(PERSON)] * 10 + [dets()] * 20)
     new, end = out[0].event, out[1].event
-    assert new.type is EventType.NEW and new.rev == 0 and new.end_ts is None
+    assert new.type is EventType.NEW
+    assert new.rev == 0
+    assert new.end_ts is None
     assert new.box == pytest.approx((100 / W, 100 / H, 200 / W, 300 / H))
     assert new.start_ts == pytest.approx(1_700_000_000.0)  # first detection, not confirmation
-    assert new.has_snapshot and out[0].snapshot is not None
+    assert new.has_snapshot
+    assert out[0].snapshot is not None
     assert out[0].snapshot.event_id == "ev1"
-    assert end.type is EventType.END and end.rev == 1 and end.id == "ev1-1" and new.id == "ev1-0"
+    assert end.type is EventType.END
+    assert end.rev == 1
+    assert end.id == "ev1-1"
+    assert new.id == "ev1-0"
     assert end.end_ts == pytest.approx(1_700_000_000.0 + 9 / 5)  # last frame it was seen
     assert not end.has_snapshot  # nothing better than what was already sent
 
@@ -205,7 +214,8 @@ def test_better_snapshot_sent_at_end_and_snapshots_can_be_disabled():
     big = ("person", (100, 100, 220, 340), 0.9)
     out = play([dets(small)] * 4 + [dets(big)] * 2 + [dets()] * 20)
     assert kinds(out) == [("ev1", "new"), ("ev1", "end")]
-    assert out[1].event.has_snapshot and out[1].snapshot is not None
+    assert out[1].event.has_snapshot
+    assert out[1].snapshot is not None
     assert out[1].snapshot.score == pytest.approx(0.9)
     out = play([dets(small)] * 4 + [dets()] * 20, eb=builder(snapshots=False))
     assert [e.event.has_snapshot for e in out] == [False, False]

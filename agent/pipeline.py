@@ -1,0 +1,175 @@
+"""One camera's detection pipeline: frames -> detector -> tracker -> event builder -> sink.
+
+:class:`CameraPipeline` is plain and synchronous (``step(frame)``), so a file plays back
+deterministically at any speed; :class:`CameraWorker` is the thread that feeds it from the
+camera's capture slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from agent.detector import Detector
+from agent.domain import COCO_LABELS, Detections, Frame
+from agent.errors import DetectorError, SourceFinished
+from agent.events import Emission, EventBuilder
+from agent.metrics import PipelineCounters
+from agent.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    """Where emissions go: in the agent, the durable outbox."""
+
+    def emit(self, emission: Emission) -> None: ...
+
+
+class FrameFeed(Protocol):
+    """The consumer side of a capture thread's frame slot."""
+
+    def get(self, timeout: float) -> Frame | None:
+        """The next frame, None on timeout; raises SourceFinished after a file's last frame."""
+        ...
+
+
+class CameraPipeline:
+    """Detect on frames due at ``detect_fps`` (by frame timestamp), track, build events."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        tracker: Tracker,
+        builder: EventBuilder,
+        sink: EventSink,
+        counters: PipelineCounters,
+        *,
+        detect_fps: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.detector = detector
+        self.tracker = tracker
+        self.builder = builder
+        self.sink = sink
+        self.counters = counters
+        self.interval = 1.0 / detect_fps
+        self._clock = clock
+        self._next_due: float | None = None
+        self._last: Frame | None = None
+        self._last_labels: tuple[str, ...] = COCO_LABELS
+
+    def due(self, ts: float) -> bool:
+        """Whether a frame at ``ts`` should be detected on; advances the schedule if so."""
+        nxt = self._next_due
+        if nxt is not None and ts + 1e-3 < nxt:
+            return False
+        late = nxt is None or ts - nxt >= self.interval
+        self._next_due = ts + self.interval if late or nxt is None else nxt + self.interval
+        return True
+
+    def step(self, frame: Frame) -> list[Emission]:
+        """Process one frame; the emissions it caused (already handed to the sink)."""
+        if not self.due(frame.ts):
+            self.counters.skipped()
+            return []
+        started = time.perf_counter()
+        try:
+            dets = self.detector.detect(frame.image)
+        except DetectorError:
+            self.counters.error()
+            log.exception("camera %s: detection failed on frame %d", frame.camera_id, frame.index)
+            return []
+        self.counters.detected(self._clock(), (time.perf_counter() - started) * 1000)
+        self._last, self._last_labels = frame, dets.labels
+        return self._emit(self.builder.update(self.tracker.update(dets, frame.ts), frame))
+
+    def idle(self, ts: float, wall_ts: float) -> list[Emission]:
+        """Advance time without a frame (live camera down): lets open events end on time."""
+        if self._last is None or ts <= self._last.ts:
+            return []
+        frame = dataclasses.replace(self._last, ts=ts, wall_ts=wall_ts)
+        tracks = self.tracker.update(Detections.empty(self._last_labels), ts)
+        self._last = frame
+        return self._emit(self.builder.update(tracks, frame))
+
+    def finish(self) -> list[Emission]:
+        """End every open event: the source finished or the agent is stopping."""
+        return self._emit(self.builder.close())
+
+    def _emit(self, emissions: list[Emission]) -> list[Emission]:
+        for em in emissions:
+            self.sink.emit(em)
+        if emissions:
+            self.counters.emitted(len(emissions))
+        return emissions
+
+
+class CameraWorker:
+    """The thread that owns one camera's pipeline and feeds it from the capture slot."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        feed: FrameFeed,
+        pipeline: CameraPipeline,
+        *,
+        live: bool,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.camera_id = camera_id
+        self.feed = feed
+        self.pipeline = pipeline
+        self.live = live
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._clock = clock
+        self._wall = wall
+        self._thread = threading.Thread(target=self._run, name=f"worker-{camera_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._once():
+                    break
+        finally:
+            self._finish()
+
+    def _once(self) -> bool:
+        """One frame (or one timeout); False when the source has finished."""
+        try:
+            frame = self.feed.get(timeout=0.5)
+            if frame is not None:
+                self.pipeline.step(frame)
+            elif self.live:
+                self.pipeline.idle(self._clock(), self._wall())
+        except SourceFinished:
+            log.info("camera %s: source finished", self.camera_id)
+            return False
+        except Exception:  # thread top: log, count, keep going without a tight loop
+            self.pipeline.counters.error()
+            log.exception("camera %s: pipeline error", self.camera_id)
+            self._stop.wait(1.0)
+        return True
+
+    def _finish(self) -> None:
+        try:
+            self.pipeline.finish()
+        except Exception:  # thread top
+            log.exception("camera %s: could not end open events", self.camera_id)
+        finally:
+            self.finished.set()
