@@ -1,0 +1,243 @@
+"""Wiring and lifecycles: ``App`` builds every component from its own config section, starts
+the threads in dependency order and stops them in reverse.
+
+Threads: one capture thread and one worker per camera, the publisher, the MQTT link's network
+thread, the heartbeat. The main thread only waits: for SIGTERM/SIGINT, or for every camera to
+be a finished file. Shutdown ends open events, drains the outbox for up to
+``shutdown.drain_timeout_s``, publishes ``offline`` and disconnects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from agent import __version__
+from agent.capture import CaptureThread
+from agent.codec import Topics, encode_status
+from agent.config import CameraConfig, Settings
+from agent.detector import Detector, load_detector
+from agent.events import EventBuilder
+from agent.heartbeat import (
+    CameraHeartbeat,
+    Heartbeat,
+    HeartbeatThread,
+    LinkHeartbeat,
+    OutboxHeartbeat,
+    PsutilProbe,
+)
+from agent.metrics import PipelineCounters
+from agent.mqtt_link import MqttLink
+from agent.outbox import Outbox
+from agent.pipeline import CameraPipeline, CameraWorker
+from agent.publisher import Publisher
+from agent.sink import OutboxSink
+from agent.sources import source_kind
+from agent.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Camera:
+    """One camera's capture thread, pipeline worker and counters."""
+
+    cfg: CameraConfig
+    capture: CaptureThread
+    worker: CameraWorker
+    counters: PipelineCounters
+
+
+def topics_for(settings: Settings) -> Topics:
+    return Topics(settings.mqtt.topic_prefix, settings.commune_id, settings.node_id)
+
+
+def make_link(settings: Settings, started_ts: float) -> MqttLink:
+    """The MQTT link with the node's last will and its ``online`` status."""
+    topics = topics_for(settings)
+    cams = [c.id for c in settings.cameras]
+
+    def online() -> bytes:
+        return encode_status(
+            "online", topics, version=__version__, ts=round(time.time(), 3),
+            started_ts=round(started_ts, 3), cameras=cams,
+        )  # fmt: skip
+
+    client_id = settings.mqtt.client_id or f"edge-{settings.node_id}"
+    return MqttLink(settings.mqtt, topics.base, client_id, encode_status("offline", topics), online)
+
+
+class App:
+    """The running agent."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = topics_for(settings)
+        self.stop_event = threading.Event()
+        self.started_mono = time.monotonic()
+        self.started_ts = time.time()
+        self.outbox = Outbox.open(settings.outbox)
+        try:
+            self.detector: Detector = load_detector(settings.detector)
+        except Exception:
+            self.outbox.close()
+            raise
+        self.link = make_link(settings, self.started_ts)
+        self.publisher = Publisher(self.outbox, self.link, settings.mqtt)
+        sink = OutboxSink(self.outbox, self.topics, settings.snapshots)
+        self.cameras = [self._camera(cfg, sink) for cfg in settings.cameras]
+        self.probe = PsutilProbe(settings.outbox.path.parent)
+        hb = settings.heartbeat
+        self.heartbeat = HeartbeatThread(
+            self.collect_heartbeat, self.link, self.topics.heartbeat,
+            interval_s=hb.interval_s, qos=hb.qos,
+        )  # fmt: skip
+
+    def _camera(self, cfg: CameraConfig, sink: OutboxSink) -> Camera:
+        ev = self.settings.events
+        tracker = Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s)
+        builder = EventBuilder(
+            cfg.id, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
+            snapshot_gain=ev.snapshot_gain, snapshots=self.settings.snapshots.enabled,
+        )  # fmt: skip
+        counters = PipelineCounters()
+        pipeline = CameraPipeline(
+            self.detector, tracker, builder, sink, counters, detect_fps=cfg.detect_fps
+        )
+        capture = CaptureThread.for_camera(cfg)
+        live = source_kind(cfg.source) != "file"
+        worker = CameraWorker(cfg.id, capture.slot, pipeline, live=live)
+        return Camera(cfg, capture, worker, counters)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info(
+            "edge-agent %s: node %s, commune %s, %d camera(s), model %s (%s)",
+            __version__, self.settings.node_id, self.settings.commune_id, len(self.cameras),
+            self.settings.detector.model, self.detector.family,
+        )  # fmt: skip
+        self.link.start()
+        self.publisher.start()
+        for cam in self.cameras:
+            cam.worker.start()
+            cam.capture.start()
+        self.heartbeat.start()
+
+    def all_finished(self) -> bool:
+        return all(cam.worker.finished.is_set() for cam in self.cameras)
+
+    def wait(self) -> None:
+        """Block until asked to stop or until every camera is a finished file."""
+        while not self.stop_event.wait(0.2):
+            if self.all_finished():
+                log.info("every camera has finished")
+                return
+
+    def shutdown(self) -> bool:
+        """Stop in reverse order; True if the outbox drained before the timeout."""
+        for cam in self.cameras:
+            cam.capture.stop()
+            cam.worker.stop()
+        for cam in self.cameras:
+            cam.worker.join(10.0)  # ends open events into the outbox
+            cam.capture.join(5.0)
+        timeout = self.settings.shutdown.drain_timeout_s
+        drained = self.link.wait_connected(min(timeout, 2.0)) and self.publisher.drain(timeout)
+        left = self.outbox.stats().depth
+        if not drained:
+            log.warning(
+                "stopping with %d message(s) in the outbox: they go out on next start", left
+            )
+        self.heartbeat.stop()
+        self.publisher.stop()
+        offline = encode_status("offline", self.topics, ts=round(time.time(), 3))
+        self.link.stop(graceful_offline=offline)
+        self.outbox.close()
+        self.detector.close()
+        return drained
+
+    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def run_until_done(self) -> int:
+        """Run in the main thread until a signal or the end of every file; exit status 0."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        self.start()
+        try:
+            self.wait()
+        finally:
+            self.shutdown()
+        return 0
+
+    # -- heartbeat --------------------------------------------------------------------------
+
+    def collect_heartbeat(self, skipped: int) -> Heartbeat:
+        now = time.monotonic()
+        ob = self.outbox.stats()
+        link = self.link.status()
+        return Heartbeat(
+            node_id=self.settings.node_id,
+            ts=round(time.time(), 3),
+            uptime_s=round(now - self.started_mono, 1),
+            version=__version__,
+            system=self.probe.sample(),
+            cameras=tuple(self._camera_heartbeat(cam, now) for cam in self.cameras),
+            outbox=OutboxHeartbeat(
+                depth=ob.depth,
+                bytes=ob.payload_bytes,
+                oldest_age_s=round(ob.oldest_age_s, 1) if ob.depth else None,
+                dropped_events=ob.dropped_events,
+                dropped_snapshots=ob.dropped_snapshots,
+                dead_letters=ob.dead_letters,
+            ),  # fmt: skip
+            link=LinkHeartbeat(link.connects, link.disconnects, skipped),
+        )
+
+    @staticmethod
+    def _camera_heartbeat(cam: Camera, now: float) -> CameraHeartbeat:
+        src = cam.capture.status()
+        pipe = cam.counters.snapshot(now)
+        return CameraHeartbeat(
+            id=cam.cfg.id, state=str(src.state), reconnects=src.reconnects,
+            fps_in=round(src.fps_in, 2), fps_detected=pipe.fps_detected,
+            frames_dropped=src.frames_dropped, frames_skipped=pipe.frames_skipped,
+            inference_ms_p50=pipe.inference_ms_p50, inference_ms_p95=pipe.inference_ms_p95,
+            events=pipe.events, errors=pipe.errors + src.internal_errors,
+            last_error=src.last_error,
+        )  # fmt: skip
+
+
+def outbox_stats(settings: Settings) -> dict[str, object]:
+    """``edge-agent outbox stats``: the outbox's counters as a dict."""
+    outbox = Outbox.open(settings.outbox)
+    try:
+        return dataclasses.asdict(outbox.stats())
+    finally:
+        outbox.close()
+
+
+def drain_outbox(settings: Settings, *, timeout: float) -> int:
+    """``edge-agent outbox drain``: deliver what is queued; the number of messages left."""
+    outbox = Outbox.open(settings.outbox)
+    link = make_link(settings, time.time())
+    publisher = Publisher(outbox, link, settings.mqtt)
+    try:
+        link.start()
+        publisher.start()
+        if not link.wait_connected(timeout):
+            log.error("broker %s:%d unreachable", settings.mqtt.host, settings.mqtt.port)
+        else:
+            publisher.drain(timeout)
+        return outbox.stats().depth
+    finally:
+        publisher.stop()
+        link.stop(graceful_offline=encode_status("offline", topics_for(settings)))
+        outbox.close()

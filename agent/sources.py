@@ -1,0 +1,450 @@
+"""Frame sources: video files, RTSP/HTTP streams and USB cameras through OpenCV, and GStreamer
+pipelines through a ``gst-launch-1.0`` subprocess (pip's OpenCV has no GStreamer).
+
+A source is used by one thread at a time (its :class:`~agent.capture.CaptureThread`). It can be
+closed and opened again; ``ts`` never goes backwards over the life of one source object.
+Every error is a :class:`SourceError` whose message names the source with credentials redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import select
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.config import CameraConfig
+from agent.domain import Frame
+from agent.errors import SourceError, SourceFinished
+from agent.redact import redact_url
+
+SourceKind = Literal["file", "rtsp", "usb", "gstreamer", "url"]
+Image = npt.NDArray[np.uint8]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://\S*$")
+_FDSINK_LAST = re.compile(r"!\s*fdsink\b[^!]*$")
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+
+class Clock(Protocol):
+    """Time as the sources see it; tests pass a fake."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class FrameSource(Protocol):
+    """A camera, file or pipeline delivering :class:`Frame` objects, one reader at a time."""
+
+    @property
+    def name(self) -> str:
+        """A description for logs, credentials redacted."""
+        ...
+
+    @property
+    def is_live(self) -> bool:
+        """True for cameras/streams (``ts`` is capture time), false for files (media time)."""
+        ...
+
+    def open(self) -> None:
+        """Open (or reopen) the source; raise :class:`SourceError` if it cannot be opened."""
+
+    def read(self) -> Frame:
+        """The next frame; :class:`SourceFinished` at the end of a non-looping file,
+        :class:`SourceError` on any failure or timeout."""
+        ...
+
+    def close(self) -> None:
+        """Release the source; idempotent, never raises."""
+
+
+def source_kind(source: str) -> SourceKind:
+    """Classify a configured ``source`` string (pure: touches neither disk nor network)."""
+    text = source.strip()
+    url = _SCHEME.match(text)
+    if url:  # before '!': a password may contain '!', a pipeline never starts with a scheme
+        return "rtsp" if url.group(1).lower() in ("rtsp", "rtsps") else "url"
+    if "!" in text:
+        return "gstreamer"
+    if text.isdigit() or text.startswith("/dev/"):
+        return "usb"
+    return "file"
+
+
+def describe(cfg: CameraConfig) -> str:
+    """The camera as named in logs and errors: its id and its redacted source."""
+    return f"{cfg.id} ({redact_url(cfg.source.strip())})"
+
+
+def make_source(cfg: CameraConfig, clock: Clock | None = None) -> FrameSource:
+    """The source for a camera config: :class:`GstPipeSource` for pipelines, else OpenCV."""
+    clock = clock or SystemClock()
+    kind = source_kind(cfg.source)
+    if kind == "gstreamer":
+        return GstPipeSource(cfg, clock)
+    return OpenCVSource(cfg, clock, kind)
+
+
+def is_lossless(cfg: CameraConfig) -> bool:
+    """Whether every frame must reach the consumer: files played with ``realtime: false``."""
+    return source_kind(cfg.source) == "file" and not cfg.realtime
+
+
+def as_bgr(image: npt.NDArray[Any], name: str) -> Image:
+    """``image`` as a contiguous HxWx3 uint8 BGR array (grey and BGRA are converted)."""
+    if image.dtype != np.uint8:
+        raise SourceError(f"{name}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    raise SourceError(f"{name}: unsupported frame shape {image.shape}")
+
+
+class MediaTimeline:
+    """Turns per-play media times into one strictly increasing ``ts`` across loops/reopens."""
+
+    def __init__(self, frame_s: float) -> None:
+        self.frame_s = frame_s
+        self.last_ts: float | None = None
+        self.play_frames = 0
+        self._offset = 0.0
+        self._prev_media: float | None = None
+
+    def start_play(self) -> None:
+        """The file starts again from its beginning."""
+        self.play_frames = 0
+        self._prev_media = None
+
+    def stamp(self, media_s: float | None) -> float:
+        """The ``ts`` of the next frame, given its media time (None or garbage: index/fps)."""
+        prev = self._prev_media
+        if media_s is None or not math.isfinite(media_s) or media_s < 0:
+            media_s = self.play_frames * self.frame_s if prev is None else prev + self.frame_s
+        elif prev is not None and media_s <= prev:
+            media_s = prev + self.frame_s
+        if self.play_frames == 0:
+            last = self.last_ts
+            self._offset = 0.0 if last is None else last + self.frame_s - media_s
+        self._prev_media = media_s
+        self.play_frames += 1
+        self.last_ts = self._offset + media_s
+        return self.last_ts
+
+
+class Pacer:
+    """Sleeps so that frames come out at their media time (``realtime: true`` files).
+
+    A gap longer than ``max_sleep_s`` is shortened to it, and a reader more than
+    ``max_sleep_s`` late is re-anchored rather than bursting to catch up.
+    """
+
+    def __init__(self, clock: Clock, max_sleep_s: float = 1.0) -> None:
+        self._clock = clock
+        self._max_sleep_s = max_sleep_s
+        self._anchor: float | None = None  # monotonic time of ts == 0
+
+    def reset(self) -> None:
+        self._anchor = None
+
+    def wait(self, ts: float) -> None:
+        now = self._clock.monotonic()
+        if self._anchor is None:
+            self._anchor = now - ts
+            return
+        delay = self._anchor + ts - now
+        if delay > self._max_sleep_s:
+            self._anchor -= delay - self._max_sleep_s
+            delay = self._max_sleep_s
+        elif delay < -self._max_sleep_s:
+            self._anchor = now - ts
+        if delay > 0:
+            self._clock.sleep(delay)
+
+
+def ensure_rtsp_over_tcp() -> None:
+    """Ask OpenCV's FFmpeg backend for RTSP over TCP, keeping options the operator set."""
+    current = os.environ.get(_FFMPEG_OPTIONS, "")
+    if "rtsp_transport" not in current:
+        os.environ[_FFMPEG_OPTIONS] = "|".join(p for p in (current, "rtsp_transport;tcp") if p)
+
+
+class OpenCVSource:
+    """A file, RTSP/HTTP stream (FFmpeg backend) or USB camera (V4L2 backend).
+
+    Files: ``ts`` is media time (``CAP_PROP_POS_MSEC``, else index/fps), strictly increasing,
+    continued across loops; ``realtime`` paces reads to it. Live sources: ``ts`` is the
+    monotonic capture time. ``wall_ts`` is always the epoch time at capture.
+    """
+
+    def __init__(self, cfg: CameraConfig, clock: Clock, kind: SourceKind | None = None) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._kind: SourceKind = kind or source_kind(cfg.source)
+        if self._kind == "gstreamer":
+            raise ValueError("GStreamer pipelines need GstPipeSource")
+        self._name = describe(cfg)
+        self._cap: cv2.VideoCapture | None = None
+        self._timeline = MediaTimeline(frame_s=0.04)
+        self._pacer = Pacer(clock)
+        self._count = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def is_live(self) -> bool:
+        return self._kind != "file"
+
+    def open(self) -> None:
+        self.close()
+        if self._kind == "file" and not Path(self._cfg.source).is_file():
+            raise SourceError(f"{self._name}: file not found")
+        self._cap = self._capture()
+        self._timeline.start_play()
+        self._pacer.reset()
+
+    def read(self) -> Frame:
+        cap = self._cap
+        if cap is None:
+            raise SourceError(f"{self._name}: read before open")
+        ok, image = self._grab(cap)
+        if not ok:
+            if self.is_live:
+                raise SourceError(f"{self._name}: no frame (stream ended, failed or timed out)")
+            cap, image = self._rewind()
+        ts = self._clock.monotonic() if self.is_live else self._media_ts(cap)
+        wall_ts = self._clock.time()
+        frame = Frame(self._cfg.id, self._count, ts, wall_ts, as_bgr(image, self._name))
+        self._count += 1
+        return frame
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            with contextlib.suppress(cv2.error):  # nothing useful to do about it
+                cap.release()
+
+    def _media_ts(self, cap: cv2.VideoCapture) -> float:
+        pos_ms = float(cap.get(cv2.CAP_PROP_POS_MSEC))
+        ts = self._timeline.stamp(pos_ms / 1000.0)
+        if self._cfg.realtime:
+            self._pacer.wait(ts)
+        return ts
+
+    def _rewind(self) -> tuple[cv2.VideoCapture, npt.NDArray[Any]]:
+        """End of file: raise SourceFinished, or start again and return the first frame."""
+        if not self._cfg.loop:
+            raise SourceFinished(f"{self._name}: end of file")
+        if self._timeline.play_frames == 0:
+            raise SourceError(f"{self._name}: no frame could be decoded")
+        self.close()
+        cap = self._cap = self._capture()
+        self._timeline.start_play()
+        ok, image = self._grab(cap)
+        if not ok:
+            raise SourceError(f"{self._name}: no frame after rewinding")
+        return cap, image
+
+    def _grab(self, cap: cv2.VideoCapture) -> tuple[bool, npt.NDArray[Any]]:
+        try:
+            ok, image = cap.read()
+        except cv2.error as exc:
+            raise SourceError(f"{self._name}: read failed: {redact_url(str(exc))}") from exc
+        return bool(ok) and image is not None, image
+
+    def _capture(self) -> cv2.VideoCapture:
+        try:
+            cap = self._new_capture()
+        except cv2.error as exc:
+            raise SourceError(f"{self._name}: cannot open: {redact_url(str(exc))}") from exc
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self._name}: cannot open")
+        if not self.is_live:
+            fps = float(cap.get(cv2.CAP_PROP_FPS))
+            self._timeline.frame_s = 1.0 / fps if math.isfinite(fps) and 0 < fps < 1000 else 0.04
+        return cap
+
+    def _new_capture(self) -> cv2.VideoCapture:
+        cfg = self._cfg
+        if self._kind == "usb":
+            target: int | str = int(cfg.source) if cfg.source.strip().isdigit() else cfg.source
+            cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, cfg.width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, cfg.height),
+                (cv2.CAP_PROP_BUFFERSIZE, 1),
+            ):
+                if value is not None and cap.isOpened():
+                    cap.set(prop, value)
+            return cap
+        if self._kind == "rtsp":
+            ensure_rtsp_over_tcp()
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            max(1, round(cfg.open_timeout_s * 1000)),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            max(1, round(cfg.read_timeout_s * 1000)),
+        ]
+        return cv2.VideoCapture(cfg.source, cv2.CAP_FFMPEG, params)
+
+
+def gst_pipeline(source: str, width: int, height: int) -> str:
+    """The pipeline to run: as given if it ends in ``fdsink``, else with a BGR tail appended."""
+    if _FDSINK_LAST.search(source):
+        return source.strip()
+    caps = f"video/x-raw,format=BGR,width={width},height={height}"
+    return f"{source.strip()} ! videoconvert ! videoscale ! {caps} ! fdsink fd=1"
+
+
+class GstPipeSource:
+    """A GStreamer pipeline run by ``gst-launch-1.0``, raw BGR frames read from its stdout.
+
+    The first frame may take ``open_timeout_s``, later ones ``read_timeout_s``; on a timeout,
+    an early exit or close the process is killed. The pipeline's end is a failure (a camera
+    pipeline that ends has lost its camera), never :class:`SourceFinished`.
+    """
+
+    def __init__(self, cfg: CameraConfig, clock: Clock, launcher: str = "gst-launch-1.0") -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._launcher = launcher
+        self._name = describe(cfg)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._first = True
+        self._count = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def is_live(self) -> bool:
+        return True
+
+    @property
+    def pid(self) -> int | None:
+        """The running ``gst-launch-1.0`` process id, for tests and diagnostics."""
+        return self._proc.pid if self._proc is not None else None
+
+    def open(self) -> None:
+        self.close()
+        width, height = self._cfg.width, self._cfg.height
+        if width is None or height is None:
+            raise SourceError(f"{self._name}: GStreamer sources need width and height")
+        exe = shutil.which(self._launcher)
+        if exe is None:
+            raise SourceError(f"{self._name}: {self._launcher} not found (gstreamer1.0-tools)")
+        try:  # gst-launch parses its arguments one token each, quotes already removed
+            tokens = shlex.split(gst_pipeline(self._cfg.source, width, height))
+        except ValueError as exc:
+            raise SourceError(f"{self._name}: cannot parse the pipeline: {exc}") from exc
+        argv = [exe, "-q", *tokens]
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.close()
+            raise SourceError(f"{self._name}: cannot start {self._launcher}: {exc}") from exc
+        self._first = True
+
+    def read(self) -> Frame:
+        proc, width, height = self._proc, self._cfg.width, self._cfg.height
+        if proc is None or proc.stdout is None or width is None or height is None:
+            raise SourceError(f"{self._name}: read before open")
+        timeout = self._cfg.open_timeout_s if self._first else self._cfg.read_timeout_s
+        image = np.empty((height, width, 3), np.uint8)
+        problem = read_exact(proc.stdout.fileno(), image.data.cast("B"), timeout)
+        if problem is not None:
+            detail = self._stderr_tail()
+            self.close()
+            raise SourceError(f"{self._name}: {problem}{': ' + detail if detail else ''}")
+        self._first = False
+        frame = Frame(self._cfg.id, self._count, self._clock.monotonic(), self._clock.time(), image)
+        self._count += 1
+        return frame
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc)
+        stderr, self._stderr = self._stderr, None
+        if stderr is not None:
+            stderr.close()
+
+    def _stderr_tail(self, limit: int = 400) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, self._stderr.tell() - limit))
+        text = self._stderr.read().decode("utf-8", "replace")
+        return redact_url(" ".join(text.split()))
+
+
+def read_exact(fd: int, buffer: memoryview, timeout_s: float) -> str | None:
+    """Fill ``buffer`` from ``fd`` within ``timeout_s``; None on success, else what went wrong."""
+    deadline = time.monotonic() + timeout_s
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    got = 0
+    while got < len(buffer):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(max(1, math.ceil(remaining * 1000))):
+            return f"no frame for {timeout_s:g} s"
+        n = os.readv(fd, [buffer[got:]])
+        if n == 0:
+            return "pipeline ended" if got == 0 else "pipeline ended inside a frame"
+        got += n
+    return None
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 1.0) -> None:
+    """Terminate ``proc`` (SIGKILL after ``grace_s``), reap it and close its stdout."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()

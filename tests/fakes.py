@@ -1,0 +1,104 @@
+"""Hand-written fakes for the capture layer: a scriptable frame source and a manual clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from agent.domain import Frame
+from agent.errors import SourceError, SourceFinished
+
+
+class FakeClock:
+    """A clock that only moves when told to (``sleep`` advances it at once)."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1.7e9) -> None:
+        self.now = start
+        self.wall_offset = wall - start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now + self.wall_offset
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSource:
+    """A live (or finite) source scripted by its arguments.
+
+    ``fail_opens``: the first N opens raise SourceError. ``fail_read_at``: the read of that
+    per-session frame number raises SourceError (once per session). ``hang_at``: that read
+    blocks until :attr:`release` is set or ``hang_s`` passes. ``frames``: after that many
+    frames in total, reads raise SourceFinished. ``crash_at``: that total read raises
+    RuntimeError once (a bug, not a source failure).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "fake (rtsp://user:***@cam/)",
+        fail_opens: int = 0,
+        fail_read_at: int | None = None,
+        hang_at: int | None = None,
+        hang_s: float = 5.0,
+        frames: int | None = None,
+        crash_at: int | None = None,
+        interval_s: float = 0.005,
+        open_error: str = "cannot open",
+    ) -> None:
+        self.name = name
+        self.is_live = True
+        self.fail_opens = fail_opens
+        self.fail_read_at = fail_read_at
+        self.hang_at = hang_at
+        self.hang_s = hang_s
+        self.frames = frames
+        self.crash_at = crash_at
+        self.interval_s = interval_s
+        self.open_error = open_error
+        self.release = threading.Event()
+        self.opens = 0
+        self.closes = 0
+        self.is_open = False
+        self.total = 0
+        self._session_reads = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens <= self.fail_opens:
+            raise SourceError(f"{self.name}: {self.open_error} (#{self.opens})")
+        self.is_open = True
+        self._session_reads = 0
+
+    def read(self) -> Frame:
+        if not self.is_open:
+            raise SourceError(f"{self.name}: read before open")
+        n, self._session_reads = self._session_reads, self._session_reads + 1
+        if self.frames is not None and self.total >= self.frames:
+            raise SourceFinished(f"{self.name}: end")
+        if self.crash_at is not None and self.total == self.crash_at:
+            self.crash_at = None
+            raise RuntimeError("bug in a fake")
+        if n == self.fail_read_at:
+            raise SourceError(f"{self.name}: connection reset")
+        if n == self.hang_at:
+            self.release.wait(self.hang_s)
+        time.sleep(self.interval_s)
+        image = np.full((48, 64, 3), self.total % 256, np.uint8)
+        frame = Frame("fake", self.total, time.monotonic(), time.time(), image)
+        self.total += 1
+        return frame
+
+    def close(self) -> None:
+        self.closes += 1
+        self.is_open = False
