@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.mqtt_support"]  # the real-Mosquitto ``broker`` fixture
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared")).resolve()
 MODELS = SHARED / "models"
