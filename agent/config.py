@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -241,8 +242,13 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
         return _FromFile(**overrides)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
-    except (ValueError, OSError) as exc:  # YAML syntax errors surface as ValueError subclasses
-        raise ConfigError([(str(path), f"cannot parse: {exc}")]) from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        reason = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError([(str(path), f"cannot parse YAML{at}: {reason}")]) from exc
+    except OSError as exc:
+        raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from exc
 
 
 def preflight(settings: Settings) -> list[tuple[str, str]]:
