@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from agent.redact import RedactingFilter
+from agent.redact import RedactingFilter, redact_url
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
+            obj["exc"] = redact_url(record.exc_text or self.formatException(record.exc_info))
         return json.dumps(obj, ensure_ascii=False)
 
 

@@ -36,6 +36,7 @@ Image = npt.NDArray[np.uint8]
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://\S*$")
 _FDSINK_LAST = re.compile(r"!\s*fdsink\b[^!]*$")
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+RTSP_DEFAULTS = {"rtsp_transport": "tcp", "analyzeduration": "1000000"}
 
 
 class Clock(Protocol):
@@ -192,11 +193,23 @@ class Pacer:
             self._clock.sleep(delay)
 
 
-def ensure_rtsp_over_tcp() -> None:
-    """Ask OpenCV's FFmpeg backend for RTSP over TCP, keeping options the operator set."""
+def ffmpeg_options(current: str, defaults: dict[str, str]) -> str:
+    """``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``key;value|key;value``) with ``defaults`` added for
+    keys the operator did not set."""
+    pairs = [p for p in current.split("|") if p]
+    have = {p.split(";", 1)[0].strip() for p in pairs}
+    pairs += [f"{k};{v}" for k, v in defaults.items() if k not in have]
+    return "|".join(pairs)
+
+
+def ensure_rtsp_options() -> None:
+    """Ask OpenCV's FFmpeg backend for RTSP over TCP and a 1 s stream probe (the default
+    probe took 2.8 s per (re)connect and then delivered those frames as a burst).
+    Operator-set options win. Set before each open: FFmpeg reads it there."""
     current = os.environ.get(_FFMPEG_OPTIONS, "")
-    if "rtsp_transport" not in current:
-        os.environ[_FFMPEG_OPTIONS] = "|".join(p for p in (current, "rtsp_transport;tcp") if p)
+    wanted = ffmpeg_options(current, RTSP_DEFAULTS)
+    if wanted != current:
+        os.environ[_FFMPEG_OPTIONS] = wanted
 
 
 class OpenCVSource:
@@ -311,7 +324,7 @@ class OpenCVSource:
                     cap.set(prop, value)
             return cap
         if self._kind == "rtsp":
-            ensure_rtsp_over_tcp()
+            ensure_rtsp_options()
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             max(1, round(cfg.open_timeout_s * 1000)),

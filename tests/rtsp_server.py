@@ -30,11 +30,11 @@ LAUNCH = (
 
 
 def serve(port: int, clip: str, user: str | None, password: str | None) -> None:
-    import gi  # noqa: PLC0415 - only the system Python has it
+    import gi  # type: ignore[import-not-found]  # noqa: PLC0415 - system Python only
 
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer  # noqa: PLC0415
+    from gi.repository import GLib, Gst, GstRtspServer  # type: ignore[import-not-found]  # noqa: PLC0415
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -87,7 +87,7 @@ class RtspServer:
         self.port = port or free_port()
         self.user = user
         self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:

@@ -94,7 +94,7 @@ def make_logger(name: str) -> tuple[logging.Logger, io.StringIO]:
         ("nothing secret %d", (3,), "nothing secret 3"),
     ],
 )
-def test_filter_redacts_final_message(msg: str, args: tuple, expected: str) -> None:
+def test_filter_redacts_final_message(msg: str, args: tuple[object, ...], expected: str) -> None:
     logger, stream = make_logger("redact.test.msg")
     logger.warning(msg, *args)
     assert stream.getvalue() == f"WARNING {expected}\n"

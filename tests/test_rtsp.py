@@ -90,7 +90,9 @@ def frames_flow(cap: CaptureThread, count: int = 5, timeout: float = 10.0) -> bo
     return got >= count
 
 
-def test_reads_live_frames(make_server: Callable[..., RtspServer], captures: list) -> None:
+def test_reads_live_frames(
+    make_server: Callable[..., RtspServer], captures: list[CaptureThread]
+) -> None:
     server = make_server()
     cap = capture(captures, server.url, open_timeout_s=5, read_timeout_s=5)
     assert wait_for(lambda: cap.status().state == "online", 15) is not None
@@ -111,7 +113,7 @@ def test_reads_live_frames(make_server: Callable[..., RtspServer], captures: lis
 
 
 def test_reconnects_after_server_restart(
-    make_server: Callable[..., RtspServer], captures: list
+    make_server: Callable[..., RtspServer], captures: list[CaptureThread]
 ) -> None:
     server = make_server()
     cap = capture(captures, server.url, open_timeout_s=5, read_timeout_s=5)
@@ -126,7 +128,7 @@ def test_reconnects_after_server_restart(
 
 
 def test_frozen_server_is_detected_by_read_timeout(
-    make_server: Callable[..., RtspServer], captures: list
+    make_server: Callable[..., RtspServer], captures: list[CaptureThread]
 ) -> None:
     server = make_server()
     cap = capture(captures, server.url, open_timeout_s=3, read_timeout_s=2)
@@ -151,7 +153,7 @@ def test_frozen_server_is_detected_by_read_timeout(
 
 def test_password_never_logged(
     make_server: Callable[..., RtspServer],
-    captures: list,
+    captures: list[CaptureThread],
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:

@@ -19,10 +19,12 @@ from agent.config import CameraConfig
 from agent.domain import Frame
 from agent.errors import SourceError, SourceFinished
 from agent.sources import (
+    RTSP_DEFAULTS,
     GstPipeSource,
     MediaTimeline,
     OpenCVSource,
     Pacer,
+    ffmpeg_options,
     gst_pipeline,
     is_lossless,
     make_source,
@@ -223,6 +225,19 @@ def test_unopenable_stream_is_a_source_error_with_redacted_name() -> None:
     assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "").count("rtsp_transport;tcp") == 1
 
 
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        ("", "rtsp_transport;tcp|analyzeduration;1000000"),
+        ("rtsp_transport;udp", "rtsp_transport;udp|analyzeduration;1000000"),
+        ("stimeout;5000000", "stimeout;5000000|rtsp_transport;tcp|analyzeduration;1000000"),
+        ("analyzeduration;0|rtsp_transport;tcp", "analyzeduration;0|rtsp_transport;tcp"),
+    ],
+)
+def test_ffmpeg_options_keep_what_the_operator_set(current: str, expected: str) -> None:
+    assert ffmpeg_options(current, RTSP_DEFAULTS) == expected
+
+
 # --- FrameSlot ------------------------------------------------------------------------
 
 
@@ -337,7 +352,12 @@ def test_fake_failing_opens_then_online(threads: list[CaptureThread]) -> None:
     src = FakeSource(fail_opens=3)
     cap = start(threads, CaptureThread(src, backoff=Backoff(0.05, 0.2, 0.01)))
     seen: list[SourceStatus] = []
-    assert wait_for(lambda: seen.append(cap.status()) or seen[-1].state == "online")
+
+    def online() -> bool:
+        seen.append(cap.status())
+        return seen[-1].state == "online"
+
+    assert wait_for(online)
     states = [s.state for s in seen]
     assert states[0] in ("starting", "reconnecting")
     assert "reconnecting" in states
@@ -496,7 +516,7 @@ def test_gst_read_timeout_kills_the_process() -> None:
 def test_gst_capture_thread_restarts_an_ended_pipeline(threads: list[CaptureThread]) -> None:
     cfg = gst_cfg("videotestsrc num-buffers=5 ! videoconvert", width=32, height=24)
     cap = start(threads, CaptureThread.for_camera(cfg, backoff=FAST))
-    got = []
+    got: list[int] = []
     while len(got) < 12:
         f = cap.slot.get(5)
         assert f is not None
