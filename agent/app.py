@@ -197,7 +197,7 @@ class App:
                 dropped_events=ob.dropped_events,
                 dropped_snapshots=ob.dropped_snapshots,
                 dead_letters=ob.dead_letters,
-            ),  # fmt: skip
+            ),
             link=LinkHeartbeat(link.connects, link.disconnects, skipped),
         )
 
