@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import cv2
@@ -177,12 +175,3 @@ def test_missing_model_raises_model_error(tmp_path, where):
     with pytest.raises(ModelError, match=r"not found|not a regular file") as info:
         load_detector(DetectorConfig(model=path))
     assert str(path) in str(info.value)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_model_raises_model_error(tmp_path, shared_dir):
-    path = tmp_path / "locked.onnx"
-    path.write_bytes((MODELS / "nanodet_m_320.onnx").read_bytes())
-    path.chmod(0)
-    with pytest.raises(ModelError, match=re.escape(str(path))):
-        load_detector(DetectorConfig(model=path))
