@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from agent.domain import Frame
-from agent.errors import SourceError, SourceFinished
+from agent.errors import DetectorError, SourceError, SourceFinished
 
 
 class FakeClock:
@@ -102,3 +102,38 @@ class FakeSource:
     def close(self) -> None:
         self.closes += 1
         self.is_open = False
+
+
+class FakeDetector:
+    """A detector seam fake: returns scripted detections per call, or raises DetectorError."""
+
+    family = "fake"
+    input_size = (320, 320)
+
+    def __init__(self, script, fail_on: set[int] | None = None) -> None:
+        self._script = script  # callable(call_index) -> Detections
+        self._fail_on = fail_on or set()
+        self.calls = 0
+
+    def detect(self, image):
+        i = self.calls
+        self.calls += 1
+        if i in self._fail_on:
+            raise DetectorError(f"scripted failure on call {i}")
+        return self._script(i)
+
+    def close(self) -> None:
+        pass
+
+
+class ListSink:
+    """An event sink fake that keeps every emission."""
+
+    def __init__(self) -> None:
+        self.emissions = []
+
+    def emit(self, emission) -> None:
+        self.emissions.append(emission)
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return [(e.event.label, e.event.type.value) for e in self.emissions]
