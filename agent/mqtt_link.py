@@ -37,6 +37,7 @@ from agent.config import MqttConfig, read_secret
 from agent.errors import LinkError
 
 log = logging.getLogger(__name__)
+_paho_log = log.getChild("paho")
 
 _LOOP_S = 0.2
 _CONNACK_TIMEOUT_S = 10.0
@@ -116,7 +117,8 @@ class MqttLink:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        if _paho_log.isEnabledFor(logging.DEBUG):  # paho's ERRORs repeat our own warnings
+            client.on_log = _log_paho
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -387,6 +389,10 @@ class MqttLink:
     def _wake(self) -> None:
         for event in self._wakers:
             event.set()
+
+
+def _log_paho(_client: mqtt.Client, _userdata: Any, _level: int, buf: str) -> None:
+    _paho_log.debug("%s", buf)
 
 
 def _ignore_socket(_client: mqtt.Client, _userdata: Any, _sock: Any) -> None:

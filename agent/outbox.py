@@ -3,8 +3,8 @@
 SQLite (stdlib ``sqlite3``) in WAL mode, ``synchronous`` FULL or NORMAL from the config,
 ``secure_delete=OFF`` (Debian's build otherwise overwrites every deleted page) and
 ``auto_vacuum=INCREMENTAL``: freed pages are reused, and the file shrinks once a backlog has
-drained. ``messages.id`` (AUTOINCREMENT: never reused, even after the table empties) is the
-creation order and the ``rowid`` the API speaks of.
+drained. ``messages.id`` is the creation order and the ``rowid`` the API speaks of; it comes
+from a persisted counter, so it is never reused, even after the table empties.
 
 Threads: an :class:`Outbox` holds ONE connection (``check_same_thread=False``) behind a
 ``threading.Lock``; every public method is one short transaction under that lock, so camera
@@ -18,13 +18,13 @@ payload must contain the seq, pass a factory ``Callable[[int], Sequence[OutMessa
 instead of a ready batch: it is called with the seq under the outbox lock, just before the
 transaction that commits its messages with that seq.
 
-Bound: ``max_bytes`` caps the estimated file bytes of the stored rows (:func:`row_cost`). A
-put that would pass it first drops the oldest snapshots, then the oldest events (counted in
-``counters``, logged at most once a minute); the new batch itself is always stored.
+Bound: ``max_bytes`` caps the file, WAL included (the WAL gets an eighth). A put that would
+push the pages in use past it first drops the oldest snapshots, then the oldest events
+(counted in ``counters``, logged at most once a minute); the new batch is always stored.
 
 Corruption: a file that is not SQLite or fails ``PRAGMA quick_check`` is renamed (with its
--wal/-shm) to ``<name>.corrupt-<UTC stamp>`` and a fresh outbox starts; its ``seq`` restarts
-at epoch milliseconds so it stays above every seq the lost file could have handed out.
+-wal/-shm) to ``<name>.corrupt-<UTC stamp>`` (the newest 3 are kept) and a fresh outbox
+starts; its ``seq`` restarts at epoch milliseconds, above any seq the lost file handed out.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ _DEAD_PAYLOAD_KEPT = 16 * 1024
 _CHUNK = 500
 _DROP_LOG_EVERY_S = 60.0
 _SHRINK_FREE_BYTES = 1024 * 1024
+_QUARANTINED_KEPT = 3
+_DROPPED = ("dropped_events", "dropped_snapshots")
 _COLUMNS = "id, seq, kind, topic, qos, msg_id, event_id, created, size, payload"
 
 
@@ -115,22 +117,6 @@ class OutboxStats:
     last_seq: int
 
 
-@dataclass(slots=True)
-class _Totals:
-    """What the table holds, kept in memory: this process is the only writer."""
-
-    events: int = 0
-    snapshots: int = 0
-    payload: int = 0
-
-    def add(self, kind: str, size: int, sign: int = 1) -> None:
-        if kind == "event":
-            self.events += sign
-        else:
-            self.snapshots += sign
-        self.payload += sign * size
-
-
 def _row_cost(size: int) -> int:
     """Rough file bytes of a row: payload, columns, index entries (measured: within ~15%)."""
     return size + 256
@@ -147,9 +133,12 @@ class Outbox:
         self._closed = False
         self._quarantined_file = str(quarantined) if quarantined else None
         self._counters: dict[str, int] = dict(conn.execute("SELECT name, value FROM counters"))
-        self._totals = _Totals()
-        for kind, size in conn.execute("SELECT kind, size FROM messages"):
-            self._totals.add(kind, size)
+        self._rows = {"event": 0, "snapshot": 0}  # what the table holds (we are its only writer)
+        self._payload = 0
+        gone = conn.execute("SELECT id, kind, size FROM messages").fetchall()
+        self._account(gone, +1)
+        self._counters["last_id"] = max([self._counters["last_id"], *(g[0] for g in gone)])
+        self._floor = {"snapshot": 0, "event": 0}  # every row of that kind below is gone
         self._last_drop_log = float("-inf")
         self._page: int = conn.execute("PRAGMA page_size").fetchone()[0]
         self._budget = cfg.max_bytes - _wal_pages(cfg) * _PAGE  # the WAL gets the rest
@@ -166,6 +155,7 @@ class Outbox:
         except _CorruptFile as exc:
             reason = str(exc)
         moved = _quarantine(cfg.path)
+        _prune_quarantined(cfg.path)
         log.error("outbox %s is corrupt (%s): moved to %s, starting empty", cfg.path, reason, moved)
         try:
             conn = _connect_checked(cfg, seed_seq=int(time.time() * 1000), quarantined=True)
@@ -191,11 +181,12 @@ class Outbox:
                 raise ValueError("Outbox.put needs at least one message")
             dropped = self._transaction("put", lambda: self._insert(seq, msgs))
             self._counters["seq"] = seq
-            for m in msgs:
-                self._totals.add(m.kind, len(m.payload))
-            self._forget(dropped)
-            for _, kind, _ in dropped:
+            self._counters["last_id"] += len(msgs)
+            self._account([(0, m.kind, len(m.payload)) for m in msgs], +1)
+            self._account(dropped, -1)
+            for rowid, kind, _ in dropped:
                 self._counters[f"dropped_{kind}s"] += 1
+                self._floor[kind] = max(self._floor[kind], rowid)
         for event in self._wakers:
             event.set()
         if dropped:
@@ -204,15 +195,20 @@ class Outbox:
 
     def _insert(self, seq: int, msgs: list[OutMessage]) -> list[_Gone]:
         dropped = self._make_room(sum(_row_cost(len(m.payload)) for m in msgs))
-        self._conn.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (seq,))
-        now = time.time()
+        last_id = self._counters["last_id"]  # explicit ids: no sqlite_sequence page to write
         self._conn.executemany(
-            "INSERT INTO messages (seq, kind, topic, qos, msg_id, event_id, created, size,"
-            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (seq, m.kind, m.topic, m.qos, m.msg_id, m.event_id, now, len(m.payload), m.payload)
-                for m in msgs
-            ],
+            "UPDATE counters SET value = ? WHERE name = ?",
+            [(seq, "seq"), (last_id + len(msgs), "last_id")],
+        )
+        now = time.time()
+        rows = [
+            (i, seq, m.kind, m.topic, m.qos, m.msg_id, m.event_id, now, len(m.payload), m.payload)
+            for i, m in enumerate(msgs, last_id + 1)
+        ]
+        self._conn.executemany(
+            "INSERT INTO messages (id, seq, kind, topic, qos, msg_id, event_id, created, size,"
+            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         return dropped
 
@@ -227,7 +223,7 @@ class Outbox:
         excess = (pages - free) * self._page + need - self._budget
         victims: list[_Gone] = []
         for kind in ("snapshot", "event"):
-            after = 0
+            after = self._floor[kind]
             while excess > 0:
                 got: list[_Gone] = self._conn.execute(
                     "SELECT id, kind, size FROM messages WHERE kind = ? AND id > ? ORDER BY id"
@@ -243,10 +239,9 @@ class Outbox:
                 after = got[-1][0]
         self._delete([v[0] for v in victims])
         for kind in ("snapshot", "event"):
-            n = sum(1 for v in victims if v[1] == kind)
-            self._conn.execute(
-                "UPDATE counters SET value = value + ? WHERE name = ?", (n, f"dropped_{kind}s")
-            )
+            if n := sum(1 for v in victims if v[1] == kind):
+                sql = "UPDATE counters SET value = value + ? WHERE name = ?"
+                self._conn.execute(sql, (n, f"dropped_{kind}s"))
         return victims
 
     def ack(self, rowids: Sequence[int]) -> int:
@@ -256,8 +251,8 @@ class Outbox:
         with self._lock:
             self._check_open()
             gone = self._transaction("ack", lambda: self._select_delete(rowids))
-            self._forget(gone)
-            if self._totals.events + self._totals.snapshots == 0:
+            self._account(gone, -1)
+            if not any(self._rows.values()):
                 self._shrink()
         return len(gone)
 
@@ -278,7 +273,7 @@ class Outbox:
         with self._lock:
             self._check_open()
             gone = self._transaction("dead_letter", lambda: self._move_dead(rowid, reason))
-            self._forget(gone)
+            self._account(gone, -1)
             self._counters["dead_letters"] += len(gone)
         if gone:
             log.warning("outbox row %d dead-lettered: %s", rowid, reason)
@@ -323,12 +318,12 @@ class Outbox:
                 oldest = self._conn.execute(sql).fetchone()
             except sqlite3.Error as exc:
                 raise _translate(exc, "stats", self._cfg.path) from exc
-            t, c = self._totals, self._counters
+            c = self._counters
             return OutboxStats(
-                depth=t.events + t.snapshots,
-                events=t.events,
-                snapshots=t.snapshots,
-                payload_bytes=t.payload,
+                depth=sum(self._rows.values()),
+                events=self._rows["event"],
+                snapshots=self._rows["snapshot"],
+                payload_bytes=self._payload,
                 file_bytes=_file_bytes(self._cfg.path),
                 oldest_age_s=max(0.0, time.time() - oldest[0]) if oldest else 0.0,
                 dropped_events=c["dropped_events"],
@@ -372,9 +367,10 @@ class Outbox:
             marks = ",".join("?" * len(chunk))
             self._conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)  # noqa: S608
 
-    def _forget(self, gone: Iterable[_Gone]) -> None:
-        for _, kind, size in gone:
-            self._totals.add(kind, size, -1)
+    def _account(self, rows: Iterable[_Gone], sign: int) -> None:
+        for _, kind, size in rows:
+            self._rows[kind] += sign
+            self._payload += sign * size
 
     def _shrink(self) -> None:
         """After a big backlog drained, give its pages back (small ones are simply reused)."""
@@ -390,14 +386,11 @@ class Outbox:
         now = time.monotonic()
         if now - self._last_drop_log >= _DROP_LOG_EVERY_S:
             self._last_drop_log = now
-            c = self._counters
-            log.warning(
-                "outbox full (max_bytes=%d): dropped %d old rows; %d events, %d snapshots so far",
-                self._cfg.max_bytes,
-                n,
-                c["dropped_events"],
-                c["dropped_snapshots"],
+            c, msg = (
+                self._counters,
+                "outbox full: dropped %d old rows (%d events, %d snapshots so far)",
             )
+            log.warning(msg, n, c["dropped_events"], c["dropped_snapshots"])
 
 
 def _chunks(items: Sequence[int]) -> Iterable[list[int]]:
@@ -408,21 +401,20 @@ def _chunks(items: Sequence[int]) -> Iterable[list[int]]:
 # -- the file: open, check, configure, quarantine ----------------------------------------------
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY,"
     " seq INTEGER NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('event', 'snapshot')),"
     " topic TEXT NOT NULL, qos INTEGER NOT NULL, msg_id TEXT NOT NULL UNIQUE,"
     " event_id TEXT NOT NULL, created REAL NOT NULL, size INTEGER NOT NULL,"
     " payload BLOB NOT NULL)",  # payload last: reading the small columns skips overflow pages
-    "CREATE INDEX IF NOT EXISTS messages_kind ON messages (kind)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY,"
     " msg_rowid INTEGER, seq INTEGER, kind TEXT, topic TEXT, qos INTEGER, msg_id TEXT,"
     " event_id TEXT, created REAL, size INTEGER, reason TEXT, dead_at REAL, payload BLOB)",
 )
-_COUNTER_NAMES = ("seq", "dropped_events", "dropped_snapshots", "dead_letters", "quarantined")
+_COUNTER_NAMES = ("seq", "last_id", "dead_letters", "quarantined", *_DROPPED)
 _SCHEMA_VERSION = 1
 _BUSY_S = 5.0
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_SQLITE_BUSY, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 11, 13, 26
 
 
 class _CorruptFile(Exception):  # noqa: N818 - an internal signal, never leaves this module
@@ -446,6 +438,8 @@ def _translate(exc: sqlite3.Error, what: str, path: Path) -> OutboxError:
         return OutboxError(f"outbox {what} failed: disk full at {path}, nothing written ({exc})")
     if _is_corruption(exc):
         return OutboxError(f"outbox {what} failed: {path} is corrupt ({exc})")
+    if _errcode(exc) == _SQLITE_BUSY or "locked" in str(exc):
+        return OutboxError(f"outbox {path} is in use by another process (another agent?)")
     return OutboxError(f"outbox {what} failed at {path}: {exc}")
 
 
@@ -549,9 +543,16 @@ def _quarantine(path: Path) -> Path:
     return target
 
 
+def _prune_quarantined(path: Path, keep: int = _QUARANTINED_KEPT) -> None:
+    """Delete all but the newest ``keep`` quarantined copies: they must not fill the disk."""
+    copies = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: p.stat().st_mtime)
+    bases = list(dict.fromkeys(str(p).removesuffix("-wal").removesuffix("-shm") for p in copies))
+    for base in bases[:-keep]:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{base}{suffix}").unlink(missing_ok=True)
+        log.warning("deleted old quarantined outbox %s", base)
+
+
 def _file_bytes(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal"):
-        p = Path(f"{path}{suffix}")
-        total += p.stat().st_size if p.exists() else 0
-    return total
+    files = (path, Path(f"{path}-wal"))
+    return sum(f.stat().st_size for f in files if f.exists())

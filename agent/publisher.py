@@ -87,13 +87,12 @@ class Publisher:
     def drain(self, timeout: float) -> bool:
         """Wait until the outbox is empty; True if it emptied within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while True:
-            if self._outbox.stats().depth == 0:
-                return True
+        while self._outbox.stats().depth:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._stop.is_set():
                 return False
             self._stop.wait(min(0.05, left))
+        return True
 
     def stats(self) -> PublisherStats:
         return PublisherStats(
@@ -167,7 +166,9 @@ class Publisher:
         """Publish one row (or dead-letter it); False when the link is not connected."""
         props = {"id": row.msg_id, "seq": str(row.seq)} if row.kind == "snapshot" else None
         if row.size > self._max_payload:
-            self._dead_letter(row.rowid, f"{row.size} bytes > max_payload_bytes")
+            self._dead_letter(
+                row.rowid, f"{row.size} bytes > max_payload_bytes={self._max_payload}"
+            )
         else:
             try:
                 mid = self._link.publish(row.topic, row.payload, row.qos, properties=props)

@@ -1,6 +1,11 @@
 """A real Mosquitto per test and a recording paho subscriber: never a mock of the broker.
 
-Test modules import the fixture: ``from tests.mqtt_support import broker  # noqa: F401``.
+The ``broker`` fixture reaches every test module through ``pytest_plugins`` in
+tests/conftest.py; a module may also import it explicitly::
+
+    from tests.mqtt_support import broker_fixture  # noqa: F401
+
+(named ``broker_fixture`` so that test arguments called ``broker`` do not trip ruff's F811).
 """
 
 from __future__ import annotations
@@ -36,22 +41,35 @@ class Mosquitto:
     """``/usr/sbin/mosquitto`` on 127.0.0.1 and a free port that survives :meth:`restart`.
 
     ``persistent`` saves sessions and subscriptions after every change, so a subscriber's
-    persistent session survives a restart (even a SIGKILL); ``acl`` is the text of an ACL file.
+    persistent session survives a restart (even a SIGKILL); ``acl`` is the text of an ACL file;
+    ``anonymous=False`` refuses every client (there are no users).
     """
 
-    def __init__(self, workdir: Path, *, persistent: bool = False, acl: str | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        persistent: bool = False,
+        acl: str | None = None,
+        anonymous: bool = True,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        workdir.chmod(0o777)  # mosquitto drops root privileges to its own user
         self.host = "127.0.0.1"
         self.port = free_port()
         self.persistent = persistent
         self.acl = acl
+        self.anonymous = anonymous
         self.log_path = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _write_conf(self) -> Path:
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true"]
+        lines = [
+            f"listener {self.port} {self.host}",
+            f"allow_anonymous {'true' if self.anonymous else 'false'}",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # keep root: pytest's tmp dirs are private to it
         if self.persistent:
             lines += [
                 "persistence true",
@@ -64,7 +82,6 @@ class Mosquitto:
         if self.acl is not None:
             acl = self.workdir / "acl"
             acl.write_text(self.acl)
-            acl.chmod(0o644)
             lines.append(f"acl_file {acl}")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
@@ -120,8 +137,9 @@ class Mosquitto:
         self.start()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+@pytest.fixture(name="broker")
+def broker_fixture(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh broker per test, always stopped (by pid) afterwards."""
     b = Mosquitto(tmp_path / "broker")
     b.start()
     try:

@@ -119,7 +119,7 @@ def test_ack_deletes_only_given_rows_and_wakes(cfg: OutboxConfig) -> None:
 def test_bound_drops_oldest_snapshots_first_then_events(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = OutboxConfig(path=tmp_path / "o.db", max_bytes=2 * MiB)
+    cfg = OutboxConfig(path=tmp_path / "o.db", max_bytes=2 * MiB, synchronous="NORMAL")
     ob = Outbox.open(cfg)
     with caplog.at_level(logging.WARNING, logger="agent.outbox"):
         for i in range(60):  # ~2.5 MB of snapshots and 60 KB of events
@@ -146,7 +146,7 @@ def test_bound_drops_oldest_snapshots_first_then_events(
 
 
 def test_file_stays_bounded_over_put_ack_cycles(cfg: OutboxConfig) -> None:
-    ob = Outbox.open(cfg)
+    ob = Outbox.open(cfg.model_copy(update={"synchronous": "NORMAL"}))
     sizes = []
     for cycle in range(40):
         for i in range(25):
@@ -213,6 +213,36 @@ def test_corrupt_file_is_quarantined_and_a_fresh_outbox_starts(
     assert ob.stats().quarantined == 1
     assert ob.stats().quarantined_file is None
     ob.close()
+
+
+def test_only_the_newest_quarantined_copies_are_kept(cfg: OutboxConfig) -> None:
+    cfg.path.parent.mkdir(parents=True)
+    for _ in range(5):
+        cfg.path.write_bytes(os.urandom(10_000))
+        Outbox.open(cfg).close()
+    copies = sorted(cfg.path.parent.glob("outbox.db.corrupt-*"))
+    assert len(copies) == 3
+    ob = Outbox.open(cfg)
+    assert ob.stats().quarantined == 1  # counted in the file that replaced the bad one
+    ob.close()
+
+
+def test_dead_letter_moves_the_row_and_counts_it(cfg: OutboxConfig) -> None:
+    ob = Outbox.open(cfg)
+    ob.put([event(0)])
+    ob.put([event(1)])
+    first = ob.peek(0, 1)[0]
+    assert ob.dead_letter(first.rowid, "too large")
+    assert not ob.dead_letter(first.rowid, "again")
+    assert [r.msg_id for r in ob.peek(0, 10)] == ["e1"]
+    ob.close()
+    ob = Outbox.open(cfg)
+    assert ob.stats().dead_letters == 1
+    ob.close()
+    conn = sqlite3.connect(cfg.path)
+    row = conn.execute("SELECT msg_id, reason, length(payload) FROM dead_letters").fetchall()
+    conn.close()
+    assert row == [("e0", "too large", 1000)]
 
 
 _CHILD = """
