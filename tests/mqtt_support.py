@@ -10,12 +10,8 @@ tests/conftest.py; a module may also import it explicitly::
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,17 +24,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-MOSQUITTO = "/usr/sbin/mosquitto"
+from agent.localbroker import LocalBroker
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Mosquitto:
-    """``/usr/sbin/mosquitto`` on 127.0.0.1 and a free port that survives :meth:`restart`.
+class Mosquitto(LocalBroker):
+    """The agent's :class:`LocalBroker` with the options tests need.
 
     ``persistent`` saves sessions and subscriptions after every change, so a subscriber's
     persistent session survives a restart (even a SIGKILL); ``acl`` is the text of an ACL file;
@@ -53,88 +43,26 @@ class Mosquitto:
         acl: str | None = None,
         anonymous: bool = True,
     ) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.persistent = persistent
-        self.acl = acl
-        self.anonymous = anonymous
-        self.log_path = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _write_conf(self) -> Path:
-        lines = [
-            f"listener {self.port} {self.host}",
-            f"allow_anonymous {'true' if self.anonymous else 'false'}",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # keep root: pytest's tmp dirs are private to it
-        if self.persistent:
+        lines: list[str] = []
+        if persistent:
             lines += [
                 "persistence true",
-                f"persistence_location {self.workdir}/",
+                f"persistence_location {workdir}/",
                 "autosave_on_changes true",
                 "autosave_interval 1",
             ]
-        else:
-            lines.append("persistence false")
-        if self.acl is not None:
-            acl = self.workdir / "acl"
-            acl.write_text(self.acl)
-            lines.append(f"acl_file {acl}")
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        return conf
-
-    def start(self, timeout: float = 5.0) -> None:
-        conf = self._write_conf()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"mosquitto did not listen on {self.port}")
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        """SIGTERM (SIGKILL after 3 s); works on a frozen broker too."""
-        if self.proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        self._signal(signal.SIGCONT)
-        try:
-            self.proc.wait(3)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self._signal(signal.SIGKILL)
-            self.proc.wait(5)
-            self.proc = None
+        if acl is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "acl").write_text(acl)
+            (workdir / "acl").chmod(0o644)
+            lines.append(f"acl_file {workdir / 'acl'}")
+        super().__init__(workdir, conf_lines=tuple(lines), anonymous=anonymous)
 
     def freeze(self) -> None:
-        self._signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+        self.signal(signal.SIGCONT)
 
 
 @pytest.fixture(name="broker")
