@@ -35,25 +35,31 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 from agent.config import OutboxConfig
 from agent.errors import OutboxCorrupt, OutboxError
+from agent.outbox_file import (
+    PAGE,
+    CorruptFile,
+    connect_checked,
+    file_bytes,
+    prune_quarantined,
+    quarantine,
+    translate,
+    wal_pages,
+)
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["event", "snapshot"]
 _Gone = tuple[int, str, int]  # (rowid, kind, size) of a deleted row
-_PAGE = 4096
 _DEAD_LETTERS_KEPT = 100
 _DEAD_PAYLOAD_KEPT = 16 * 1024
 _CHUNK = 500
 _DROP_LOG_EVERY_S = 60.0
 _SHRINK_FREE_BYTES = 1024 * 1024
-_QUARANTINED_KEPT = 3
-_DROPPED = ("dropped_events", "dropped_snapshots")
 _COLUMNS = "id, seq, kind, topic, qos, msg_id, event_id, created, size, payload"
 
 
@@ -141,7 +147,7 @@ class Outbox:
         self._floor = {"snapshot": 0, "event": 0}  # every row of that kind below is gone
         self._last_drop_log = float("-inf")
         self._page: int = conn.execute("PRAGMA page_size").fetchone()[0]
-        self._budget = cfg.max_bytes - _wal_pages(cfg) * _PAGE  # the WAL gets the rest
+        self._budget = cfg.max_bytes - wal_pages(cfg) * PAGE  # the WAL gets the rest
 
     @classmethod
     def open(cls, cfg: OutboxConfig) -> Outbox:
@@ -151,15 +157,15 @@ class Outbox:
         except OSError as exc:
             raise OutboxError(f"cannot create outbox directory {cfg.path.parent}: {exc}") from exc
         try:
-            return cls(_connect_checked(cfg, seed_seq=0), cfg, None)
-        except _CorruptFile as exc:
+            return cls(connect_checked(cfg, seed_seq=0), cfg, None)
+        except CorruptFile as exc:
             reason = str(exc)
-        moved = _quarantine(cfg.path)
-        _prune_quarantined(cfg.path)
+        moved = quarantine(cfg.path)
+        prune_quarantined(cfg.path)
         log.error("outbox %s is corrupt (%s): moved to %s, starting empty", cfg.path, reason, moved)
         try:
-            conn = _connect_checked(cfg, seed_seq=int(time.time() * 1000), quarantined=True)
-        except _CorruptFile as exc:
+            conn = connect_checked(cfg, seed_seq=int(time.time() * 1000), quarantined=True)
+        except CorruptFile as exc:
             raise OutboxCorrupt(f"fresh outbox {cfg.path} is unusable too: {exc}") from exc
         return cls(conn, cfg, moved)
 
@@ -306,7 +312,7 @@ class Outbox:
             try:
                 rows = self._conn.execute(sql, (after_rowid, limit)).fetchall()
             except sqlite3.Error as exc:
-                raise _translate(exc, "peek", self._cfg.path) from exc
+                raise translate(exc, "peek", self._cfg.path) from exc
         return [StoredMessage(*r) for r in rows]
 
     def stats(self) -> OutboxStats:
@@ -317,14 +323,14 @@ class Outbox:
                 sql = "SELECT created FROM messages ORDER BY id LIMIT 1"
                 oldest = self._conn.execute(sql).fetchone()
             except sqlite3.Error as exc:
-                raise _translate(exc, "stats", self._cfg.path) from exc
+                raise translate(exc, "stats", self._cfg.path) from exc
             c = self._counters
             return OutboxStats(
                 depth=sum(self._rows.values()),
                 events=self._rows["event"],
                 snapshots=self._rows["snapshot"],
                 payload_bytes=self._payload,
-                file_bytes=_file_bytes(self._cfg.path),
+                file_bytes=file_bytes(self._cfg.path),
                 oldest_age_s=max(0.0, time.time() - oldest[0]) if oldest else 0.0,
                 dropped_events=c["dropped_events"],
                 dropped_snapshots=c["dropped_snapshots"],
@@ -358,7 +364,7 @@ class Outbox:
                 except sqlite3.Error:
                     log.exception("outbox rollback failed")
             if isinstance(exc, sqlite3.Error):
-                raise _translate(exc, what, self._cfg.path) from exc
+                raise translate(exc, what, self._cfg.path) from exc
             raise
         return result
 
@@ -396,163 +402,3 @@ class Outbox:
 def _chunks(items: Sequence[int]) -> Iterable[list[int]]:
     for i in range(0, len(items), _CHUNK):
         yield list(items[i : i + _CHUNK])
-
-
-# -- the file: open, check, configure, quarantine ----------------------------------------------
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY,"
-    " seq INTEGER NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('event', 'snapshot')),"
-    " topic TEXT NOT NULL, qos INTEGER NOT NULL, msg_id TEXT NOT NULL UNIQUE,"
-    " event_id TEXT NOT NULL, created REAL NOT NULL, size INTEGER NOT NULL,"
-    " payload BLOB NOT NULL)",  # payload last: reading the small columns skips overflow pages
-    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY,"
-    " msg_rowid INTEGER, seq INTEGER, kind TEXT, topic TEXT, qos INTEGER, msg_id TEXT,"
-    " event_id TEXT, created REAL, size INTEGER, reason TEXT, dead_at REAL, payload BLOB)",
-)
-_COUNTER_NAMES = ("seq", "last_id", "dead_letters", "quarantined", *_DROPPED)
-_SCHEMA_VERSION = 1
-_BUSY_S = 5.0
-_SQLITE_BUSY, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 11, 13, 26
-
-
-class _CorruptFile(Exception):  # noqa: N818 - an internal signal, never leaves this module
-    """The file is not a usable SQLite database."""
-
-
-def _errcode(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11; 3.10 has only the text
-    return code & 0xFF if isinstance(code, int) else None
-
-
-def _is_corruption(exc: sqlite3.Error) -> bool:
-    code = _errcode(exc)
-    if code is not None:
-        return code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    return "file is not a database" in str(exc) or "malformed" in str(exc)
-
-
-def _translate(exc: sqlite3.Error, what: str, path: Path) -> OutboxError:
-    if _errcode(exc) == _SQLITE_FULL or "disk is full" in str(exc):
-        return OutboxError(f"outbox {what} failed: disk full at {path}, nothing written ({exc})")
-    if _is_corruption(exc):
-        return OutboxError(f"outbox {what} failed: {path} is corrupt ({exc})")
-    if _errcode(exc) == _SQLITE_BUSY or "locked" in str(exc):
-        return OutboxError(f"outbox {path} is in use by another process (another agent?)")
-    return OutboxError(f"outbox {what} failed at {path}: {exc}")
-
-
-def _connect_checked(
-    cfg: OutboxConfig, seed_seq: int, quarantined: bool = False
-) -> sqlite3.Connection:
-    """A configured connection to a checked file; :class:`_CorruptFile` if it is unusable."""
-    if not _has_sqlite_header(cfg.path):  # before SQLite opens it (and deletes its WAL)
-        raise _CorruptFile("not an SQLite 3 file (bad header)")
-    try:
-        conn = sqlite3.connect(
-            str(cfg.path), timeout=_BUSY_S, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise _translate(exc, "open", cfg.path) from exc
-    try:
-        _check(conn)
-        _configure(conn, cfg)
-        _create(conn, seed_seq, quarantined)
-    except sqlite3.Error as exc:
-        conn.close()
-        if _is_corruption(exc):
-            raise _CorruptFile(str(exc)) from exc
-        raise _translate(exc, "open", cfg.path) from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _has_sqlite_header(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        return True
-    except OSError as exc:
-        raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
-    return head in (b"", b"SQLite format 3\x00")
-
-
-def _check(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-    rows = conn.execute("PRAGMA quick_check").fetchall()
-    if rows != [("ok",)]:
-        raise _CorruptFile("quick_check: " + "; ".join(str(r[0]) for r in rows[:3]))
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > _SCHEMA_VERSION:
-        raise OutboxError(f"outbox schema version {version} is newer than this agent's")
-
-
-def _configure(conn: sqlite3.Connection, cfg: OutboxConfig) -> None:
-    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect only before the first table
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise OutboxError(f"outbox {cfg.path}: cannot switch to WAL (journal_mode={mode})")
-    wal_pages = _wal_pages(cfg)
-    for pragma in (
-        f"synchronous = {cfg.synchronous}",
-        "secure_delete = OFF",
-        f"busy_timeout = {int(_BUSY_S * 1000)}",
-        f"wal_autocheckpoint = {wal_pages}",
-        f"journal_size_limit = {wal_pages * _PAGE}",
-    ):
-        conn.execute(f"PRAGMA {pragma}")
-
-
-def _wal_pages(cfg: OutboxConfig) -> int:
-    """WAL pages between checkpoints, also the WAL's size limit: an eighth of the bound."""
-    return min(1000, max(64, cfg.max_bytes // 8 // _PAGE))
-
-
-def _create(conn: sqlite3.Connection, seed_seq: int, quarantined: bool) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    for statement in _SCHEMA:
-        conn.execute(statement)
-    names = [(name,) for name in _COUNTER_NAMES]
-    conn.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", names)
-    conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'seq'", (seed_seq,))
-    if quarantined:
-        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'quarantined'")
-    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-    conn.execute("COMMIT")
-
-
-def _quarantine(path: Path) -> Path:
-    """Rename ``path`` and its -wal/-shm/-journal to ``<name>.corrupt-<UTC stamp>``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 0
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            try:
-                src.rename(f"{target}{suffix}")
-            except OSError as exc:
-                raise OutboxError(f"cannot quarantine corrupt outbox file {src}: {exc}") from exc
-    return target
-
-
-def _prune_quarantined(path: Path, keep: int = _QUARANTINED_KEPT) -> None:
-    """Delete all but the newest ``keep`` quarantined copies: they must not fill the disk."""
-    copies = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: p.stat().st_mtime)
-    bases = list(dict.fromkeys(str(p).removesuffix("-wal").removesuffix("-shm") for p in copies))
-    for base in bases[:-keep]:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{base}{suffix}").unlink(missing_ok=True)
-        log.warning("deleted old quarantined outbox %s", base)
-
-
-def _file_bytes(path: Path) -> int:
-    files = (path, Path(f"{path}-wal"))
-    return sum(f.stat().st_size for f in files if f.exists())
