@@ -19,13 +19,38 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.config import MqttConfig
 from agent.errors import AgentError, LinkError
-from agent.mqtt_link import MqttLink
+from agent.mqtt_link import PubAck
 from agent.outbox import Outbox, StoredMessage
 
 log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    """What the publisher needs of the MQTT link (:class:`agent.mqtt_link.MqttLink`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def add_waker(self, event: threading.Event) -> None: ...
+
+    def inflight_limit(self) -> int: ...
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: dict[str, str] | None = None,
+    ) -> int | None: ...
+
+    def acks(self) -> list[PubAck]: ...
+
+    def take_disconnected(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +66,12 @@ class PublisherStats:
 
 
 class Publisher:
-    """Publishes outbox rows through an :class:`MqttLink`; see the module docstring."""
+    """Publishes outbox rows through a :class:`Link`; see the module docstring."""
 
     def __init__(
         self,
         outbox: Outbox,
-        link: MqttLink,
+        link: Link,
         cfg: MqttConfig,
         *,
         ack_batch: int = 64,
@@ -110,7 +135,7 @@ class Publisher:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self._step()
+                self.step()
             except Exception:  # thread top: log, count, pause, go on
                 log.exception("publisher error")
                 self._errors += 1
@@ -122,7 +147,8 @@ class Publisher:
         except AgentError:
             log.exception("publisher: final ack flush failed (those rows will be sent again)")
 
-    def _step(self) -> None:
+    def step(self) -> None:
+        """One pass of the loop (the thread calls it; tests may too): acks, flush, refill."""
         lost = self._link.take_disconnected()
         self._collect_acks()  # after take_disconnected: every ack of the lost connection is in
         if lost:  # those mids will never be acked: start again from the oldest row

@@ -9,6 +9,8 @@ import numpy as np
 
 from agent.domain import Frame
 from agent.errors import DetectorError, SourceError, SourceFinished
+from agent.heartbeat import SystemStats
+from agent.mqtt_link import PubAck
 
 
 class FakeClock:
@@ -137,3 +139,64 @@ class ListSink:
 
     def kinds(self) -> list[tuple[str, str]]:
         return [(e.event.label, e.event.type.value) for e in self.emissions]
+
+
+class FakeLink:
+    """An MQTT link seam fake: records publishes; the test connects, acks, refuses, drops."""
+
+    def __init__(self, *, connected: bool = True, inflight: int = 4) -> None:
+        self.connected = connected
+        self._inflight = inflight
+        self.sent: list[tuple[int, str, bytes, int, dict[str, str] | None]] = []
+        self._acks: list[PubAck] = []
+        self._lost = False
+        self._next_mid = 1
+        self.wakers: list[threading.Event] = []
+
+    # -- the Link protocol
+    def add_waker(self, event: threading.Event) -> None:
+        self.wakers.append(event)
+
+    def inflight_limit(self) -> int:
+        return self._inflight
+
+    def publish(self, topic, payload, qos, retain=False, properties=None):
+        if not self.connected:
+            return None
+        mid, self._next_mid = self._next_mid, self._next_mid + 1
+        self.sent.append((mid, topic, payload, qos, properties))
+        return mid
+
+    def acks(self) -> list[PubAck]:
+        out, self._acks = self._acks, []
+        return out
+
+    def take_disconnected(self) -> bool:
+        was, self._lost = self._lost, False
+        return was
+
+    # -- what the test does
+    def ack(self, mid: int, ok: bool = True, reason: str = "Success") -> None:
+        self._acks.append(PubAck(mid, ok, reason))
+
+    def drop(self) -> None:
+        self.connected = False
+        self._lost = True
+
+    def unacked(self) -> list[int]:
+        return [mid for mid, *_ in self.sent]
+
+
+class FakeProbe:
+    """A system probe seam fake with fixed readings."""
+
+    def __init__(self, temp: float | None = 48.5) -> None:
+        self.samples = 0
+        self.temp = temp
+
+    def sample(self) -> SystemStats:
+        self.samples += 1
+        return SystemStats(
+            cpu_percent=12.5, mem_used_bytes=800 << 20, mem_total_bytes=4 << 30,
+            agent_rss_bytes=150 << 20, disk_free_bytes=10 << 30, soc_temp_c=self.temp,
+        )  # fmt: skip
