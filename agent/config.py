@@ -84,6 +84,8 @@ class MqttConfig(Section):
 
 
 class CameraConfig(Section):
+    """One camera. ``password_file`` keeps the camera's password out of the config file."""
+
     id: str = Field(pattern=_ID, description="Camera id, unique on this box: [a-z0-9-].")
     source: str = Field(
         min_length=1,
@@ -93,10 +95,23 @@ class CameraConfig(Section):
     detect_fps: float = Field(5.0, gt=0, le=60, description="Frames per second to detect on.")
     realtime: bool = Field(True, description="Files only: false plays as fast as possible.")
     loop: bool = Field(False, description="Files only: start again at the end.")
+    password_file: Path | None = Field(
+        None,
+        description="File holding the camera password; it replaces the password in the "
+        "source URL (rtsp://user@host/... or rtsp://user:placeholder@host/...).",
+    )
     open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
     read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
     width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
     height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+
+    @model_validator(mode="after")
+    def _password_file_needs_url(self) -> CameraConfig:
+        if self.password_file is not None and not re.match(
+            r"^[a-z][a-z0-9+.-]*://[^/@]+@", self.source
+        ):
+            raise ValueError("password_file needs a URL source with a user: scheme://user@host/...")
+        return self
 
 
 Family = Literal["auto", "yolox", "picodet", "nanodet", "yolov5", "yolov8"]
@@ -268,6 +283,8 @@ def preflight(settings: Settings) -> list[tuple[str, str]]:
     for i, cam in enumerate(settings.cameras):
         if _looks_like_file(cam.source) and not Path(cam.source).exists():
             problems.append((f"cameras.{i}.source", f"file not found: {cam.source}"))
+        if cam.password_file is not None and not cam.password_file.is_file():
+            problems.append((f"cameras.{i}.password_file", f"file not found: {cam.password_file}"))
     return problems
 
 

@@ -20,12 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import CameraConfig
+from agent.config import CameraConfig, read_secret
 from agent.domain import Frame
 from agent.errors import SourceError, SourceFinished
 from agent.redact import redact_url
@@ -103,6 +104,16 @@ def source_kind(source: str) -> SourceKind:
 def describe(cfg: CameraConfig) -> str:
     """The camera as named in logs and errors: its id and its redacted source."""
     return f"{cfg.id} ({redact_url(cfg.source.strip())})"
+
+
+def with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` in its user info (``scheme://user:password@host/...``)."""
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def make_source(cfg: CameraConfig, clock: Clock | None = None) -> FrameSource:
@@ -312,6 +323,7 @@ class OpenCVSource:
 
     def _new_capture(self) -> cv2.VideoCapture:
         cfg = self._cfg
+        url = with_password(cfg.source, read_secret(None, cfg.password_file))
         if self._kind == "usb":
             target: int | str = int(cfg.source) if cfg.source.strip().isdigit() else cfg.source
             cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
@@ -331,7 +343,7 @@ class OpenCVSource:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             max(1, round(cfg.read_timeout_s * 1000)),
         ]
-        return cv2.VideoCapture(cfg.source, cv2.CAP_FFMPEG, params)
+        return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
 
 def gst_pipeline(source: str, width: int, height: int) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from agent.capture import Backoff, CaptureThread, FrameSlot, SourceStatus
 from agent.config import CameraConfig
@@ -29,6 +30,7 @@ from agent.sources import (
     is_lossless,
     make_source,
     source_kind,
+    with_password,
 )
 from tests.conftest import MEDIA
 from tests.fakes import FakeClock, FakeSource
@@ -523,3 +525,28 @@ def test_gst_capture_thread_restarts_an_ended_pipeline(threads: list[CaptureThre
         got.append(f.index)
     assert got == sorted(got)
     assert cap.status().reconnects >= 2
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "expected"),
+    [
+        (
+            "rtsp://admin@10.0.0.5:554/ch1",
+            "p@ss:w/rd",
+            "rtsp://admin:p%40ss%3Aw%2Frd@10.0.0.5:554/ch1",
+        ),
+        ("rtsp://admin:placeholder@cam/ch1?x=1", "s3cret", "rtsp://admin:s3cret@cam/ch1?x=1"),
+        ("rtsp://admin@cam/ch1", None, "rtsp://admin@cam/ch1"),
+    ],
+)
+def test_password_file_goes_into_the_url(url, password, expected):
+    assert with_password(url, password) == expected
+
+
+def test_camera_password_file_config(tmp_path):
+    secret = tmp_path / "cam.pw"
+    secret.write_text("s3cret\n")
+    cfg = CameraConfig(id="gate", source="rtsp://admin@cam/ch1", password_file=secret)
+    assert cfg.password_file == secret
+    with pytest.raises(ValidationError, match="password_file needs a URL"):
+        CameraConfig(id="gate", source="/dev/video0", password_file=secret)
