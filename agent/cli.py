@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"config error: {path}: {reason}", file=sys.stderr)
         return EXIT_CONFIG
     except (ModelError, OutboxError) as exc:
-        log.error("refusing to run: %s", exc)  # noqa: TRY400 - the message is the whole story
+        log.error("cannot go on: %s", exc)  # noqa: TRY400 - the message is the whole story
         return EXIT_REFUSED
     except AgentError as exc:
         log.error("%s", exc)  # noqa: TRY400
