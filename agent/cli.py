@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config import DetectorConfig, load_settings, preflight
+from agent.config import DetectorConfig, Settings, known_secrets, load_settings, preflight
 from agent.errors import AgentError, ConfigError, ModelError, OutboxError
 from agent.logs import setup_logging
 
@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _logging_for(settings: Settings) -> None:
+    level, as_json = settings.logging.level, settings.logging.json_format
+    setup_logging(level, json_format=as_json, secrets=known_secrets(settings))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.file)
@@ -92,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import App
 
     settings = load_settings(args.config)
-    setup_logging(settings.logging.level, json_format=settings.logging.json_format)
+    _logging_for(settings)
     return App(settings).run_until_done()
 
 
@@ -100,7 +105,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     from agent.app import drain_outbox, outbox_stats
 
     settings = load_settings(args.config)
-    setup_logging(settings.logging.level, json_format=settings.logging.json_format)
+    _logging_for(settings)
     if args.action == "stats":
         print(json.dumps(outbox_stats(settings)))
         return EXIT_OK

@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
+from agent.redact import source_secrets
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
 _ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -286,6 +287,23 @@ def preflight(settings: Settings) -> list[tuple[str, str]]:
         if cam.password_file is not None and not cam.password_file.is_file():
             problems.append((f"cameras.{i}.password_file", f"file not found: {cam.password_file}"))
     return problems
+
+
+def known_secrets(settings: Settings) -> list[str]:
+    """Every password the config names (inline or in files), for the log filter to mask."""
+    found: list[str] = []
+    candidates = [(settings.mqtt.password, settings.mqtt.password_file)]
+    candidates += [(None, cam.password_file) for cam in settings.cameras]
+    for value, path in candidates:
+        try:
+            secret = read_secret(value, path)
+        except ConfigError:
+            continue  # reported where the file is used
+        if secret:
+            found.append(secret)
+    for cam in settings.cameras:
+        found += source_secrets(cam.source)
+    return found
 
 
 def _looks_like_file(source: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 
 from agent.redact import RedactingFilter, redact_url
 
@@ -25,10 +26,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False)
 
 
-def setup_logging(level: str, *, json_format: bool = False) -> None:
-    """Configure the root logger once: one stderr handler with the redacting filter."""
+def setup_logging(level: str, *, json_format: bool = False, secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once: one stderr handler with the redacting filter, which
+    also masks the configured ``secrets`` wherever they appear."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(secrets))
     fmt = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
     handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(fmt))
     root = logging.getLogger()

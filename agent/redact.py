@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
+from urllib.parse import unquote
 
 MASK = "***"
 
@@ -64,21 +66,54 @@ def redact_url(text: str) -> str:
     return _SECRET_PAIR.sub(_redact_pair, text)
 
 
+_SCHEME = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def source_secrets(source: str) -> list[str]:
+    """The password in a configured URL, read the way a person types it: the user-info runs
+    to the LAST ``@``, so ``rtsp://admin:pa#ss/w?rd@cam/ch1`` yields ``pa#ss/w?rd`` (a pattern
+    that stops at ``#``, ``/`` or ``?``, as FFmpeg does, would miss it). Also its %-decoded form.
+    """
+    match = _SCHEME.match(source)
+    if not match or "@" not in source[match.end() :]:
+        return []
+    userinfo = source[match.end() : source.rindex("@")]
+    if ":" not in userinfo:
+        return []  # a user name alone (its password comes from a file) is not a secret
+    secret = userinfo.split(":", 1)[1]
+    return [s for s in dict.fromkeys((secret, unquote(secret))) if s]
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """:func:`redact_url`, after masking every literal occurrence of the known ``secrets``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 2:
+            text = text.replace(secret, MASK)
+    return redact_url(text)
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that redacts credentials from a record's final message, its
-    exception text and its stack info. It never drops a record."""
+    exception text and its stack info, including the literal ``secrets`` it is given (the
+    configured passwords). It never drops a record."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(secrets)
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = redact_url(message)
+        redacted = self._clean(message)
         if redacted != message or record.args:
             record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             text = logging.Formatter().formatException(record.exc_info)
-            if redact_url(text) != text:
-                record.exc_text = redact_url(text)  # the formatter uses exc_text when set
+            record.exc_text = self._clean(text)  # formatters use exc_text when it is set
         elif record.exc_text:
-            record.exc_text = redact_url(record.exc_text)
+            record.exc_text = self._clean(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact_url(record.stack_info)
+            record.stack_info = self._clean(record.stack_info)
         return True

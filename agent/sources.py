@@ -29,7 +29,7 @@ import numpy.typing as npt
 from agent.config import CameraConfig, read_secret
 from agent.domain import Frame
 from agent.errors import SourceError, SourceFinished
-from agent.redact import redact_url
+from agent.redact import redact, source_secrets
 
 SourceKind = Literal["file", "rtsp", "usb", "gstreamer", "url"]
 Image = npt.NDArray[np.uint8]
@@ -103,7 +103,7 @@ def source_kind(source: str) -> SourceKind:
 
 def describe(cfg: CameraConfig) -> str:
     """The camera as named in logs and errors: its id and its redacted source."""
-    return f"{cfg.id} ({redact_url(cfg.source.strip())})"
+    return f"{cfg.id} ({redact(cfg.source.strip(), source_secrets(cfg.source))})"
 
 
 def with_password(url: str, password: str | None) -> str:
@@ -238,6 +238,7 @@ class OpenCVSource:
         if self._kind == "gstreamer":
             raise ValueError("GStreamer pipelines need GstPipeSource")
         self._name = describe(cfg)
+        self._secrets = source_secrets(cfg.source)
         self._cap: cv2.VideoCapture | None = None
         self._timeline = MediaTimeline(frame_s=0.04)
         self._pacer = Pacer(clock)
@@ -305,14 +306,18 @@ class OpenCVSource:
         try:
             ok, image = cap.read()
         except cv2.error as exc:
-            raise SourceError(f"{self._name}: read failed: {redact_url(str(exc))}") from exc
+            raise SourceError(
+                f"{self._name}: read failed: {redact(str(exc), source_secrets(self._cfg.source))}"
+            ) from exc
         return bool(ok) and image is not None, image
 
     def _capture(self) -> cv2.VideoCapture:
         try:
             cap = self._new_capture()
         except cv2.error as exc:
-            raise SourceError(f"{self._name}: cannot open: {redact_url(str(exc))}") from exc
+            raise SourceError(
+                f"{self._name}: cannot open: {redact(str(exc), source_secrets(self._cfg.source))}"
+            ) from exc
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{self._name}: cannot open")
@@ -321,9 +326,15 @@ class OpenCVSource:
             self._timeline.frame_s = 1.0 / fps if math.isfinite(fps) and 0 < fps < 1000 else 0.04
         return cap
 
+    def _clean(self, text: str) -> str:
+        """``text`` with the camera's password (from its URL or its file) masked."""
+        return redact(text, self._secrets)
+
     def _new_capture(self) -> cv2.VideoCapture:
         cfg = self._cfg
-        url = with_password(cfg.source, read_secret(None, cfg.password_file))
+        password = read_secret(None, cfg.password_file)
+        self._secrets = [*source_secrets(cfg.source), *([password] if password else [])]
+        url = with_password(cfg.source, password)
         if self._kind == "usb":
             target: int | str = int(cfg.source) if cfg.source.strip().isdigit() else cfg.source
             cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
@@ -442,7 +453,7 @@ class GstPipeSource:
         self._stderr.seek(0, os.SEEK_END)
         self._stderr.seek(max(0, self._stderr.tell() - limit))
         text = self._stderr.read().decode("utf-8", "replace")
-        return redact_url(" ".join(text.split()))
+        return redact(" ".join(text.split()), source_secrets(self._cfg.source))
 
 
 def read_exact(fd: int, buffer: memoryview, timeout_s: float) -> str | None:

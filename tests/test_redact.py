@@ -7,7 +7,9 @@ import logging
 
 import pytest
 
-from agent.redact import RedactingFilter, redact_url
+from agent.config import CameraConfig
+from agent.redact import RedactingFilter, redact, redact_url, source_secrets
+from agent.sources import describe
 
 
 @pytest.mark.parametrize(
@@ -122,3 +124,40 @@ def test_filter_on_a_record_directly() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "to %s", ("mqtts://n:pw@b",), None)
     assert RedactingFilter().filter(record) is True
     assert record.getMessage() == "to mqtts://n:***@b"
+
+
+@pytest.mark.parametrize(
+    ("source", "secrets", "shown"),
+    [
+        ("rtsp://admin:pa#ss@10.0.0.1/cam", ["pa#ss"], "rtsp://admin:***@10.0.0.1/cam"),
+        ("rtsp://admin:p/w?r d@cam:554/x", ["p/w?r d"], "rtsp://admin:***@cam:554/x"),
+        ("rtsp://admin:p%40ss@cam/x", ["p%40ss", "p@ss"], "rtsp://admin:***@cam/x"),
+        ("rtsp://admin@cam/x", [], "rtsp://***@cam/x"),
+        ("rtsp://cam/x", [], "rtsp://cam/x"),
+        ("/dev/video0", [], "/dev/video0"),
+    ],
+)
+def test_configured_source_passwords_are_found_and_masked(source, secrets, shown):
+    assert source_secrets(source) == secrets
+    assert redact(source, source_secrets(source)) == shown
+    cfg = CameraConfig(id="door", source=source)
+    assert describe(cfg) == f"door ({shown})"
+
+
+def test_filter_masks_known_secrets_anywhere(caplog):
+    log = logging.getLogger("test.secrets")
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(RedactingFilter(["pa#ss", "mqtt-pw"]))
+    log.addHandler(handler)
+    try:
+        log.warning("ffmpeg said: cannot open rtsp://admin:pa#ss@cam (auth with mqtt-pw)")
+        try:
+            raise ValueError("boom pa#ss")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    out = handler.stream.getvalue()
+    assert "pa#ss" not in out
+    assert "mqtt-pw" not in out
+    assert out.count("***") >= 3
