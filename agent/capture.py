@@ -186,8 +186,12 @@ class _Monitor:
         with self._lock:
             self._frames += 1
             self._times.append(now)
-            if self._state != "online":
-                self._state, self._since = "online", now
+            came_back = self._state != "online"
+            if came_back:
+                previous, self._state, self._since = self._state, "online", now
+        if came_back:
+            log.info("%s: online (was %s, %d reconnect(s) so far)", self._name, previous,
+                     max(0, self._opens - 1))  # fmt: skip
 
     def snapshot(self, dropped: int) -> SourceStatus:
         now = self._clock.monotonic()
