@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.mqtt_support"]  # the real-Mosquitto ``broker`` fixture
+pytest_plugins = [
+    "tests.mqtt_support",  # the real-Mosquitto ``broker`` fixture
+    "tests.rtsp_support",  # the real-RTSP-server ``make_server`` fixture
+]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared")).resolve()

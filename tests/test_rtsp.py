@@ -6,9 +6,7 @@ gstreamer1.0-plugins-{base,good,bad}``; skipped with the reason when they are mi
 
 from __future__ import annotations
 
-import functools
 import logging
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,24 +15,13 @@ import pytest
 from agent.capture import Backoff, CaptureThread
 from agent.config import CameraConfig
 from tests.conftest import MEDIA
-from tests.rtsp_server import SYSTEM_PYTHON, RtspServer
+from tests.rtsp_server import RtspServer
 
 pytestmark = pytest.mark.rtsp
 
 CLIP = MEDIA / "one-by-one-person-detection.mp4"
 BACKOFF = Backoff(initial_s=0.5, max_s=2.0, jitter_s=0.2, healthy_after_s=10.0)
 PASSWORD = "s3cr3t-Pw"
-
-
-@functools.cache
-def rtsp_unavailable() -> str | None:
-    check = "import gi; gi.require_version('GstRtspServer', '1.0')"
-    try:
-        subprocess.run([SYSTEM_PYTHON, "-c", check], check=True, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        packages = "python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer1.0-rtsp"
-        return f"{SYSTEM_PYTHON} cannot load GstRtspServer (Debian: {packages}): {exc}"
-    return None
 
 
 def wait_for(pred: Callable[[], bool], timeout: float) -> float | None:
@@ -45,24 +32,6 @@ def wait_for(pred: Callable[[], bool], timeout: float) -> float | None:
             return None
         time.sleep(0.02)
     return time.monotonic() - start
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[..., RtspServer]]:
-    reason = rtsp_unavailable()
-    if reason:
-        pytest.skip(reason)
-    servers: list[RtspServer] = []
-
-    def make(**kw: object) -> RtspServer:
-        server = RtspServer(CLIP, **kw)  # type: ignore[arg-type]
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.kill()  # SIGCONT then SIGKILL, by pid
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ connection: the first person stands by the table from about 6.4 s.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import re
@@ -29,49 +28,16 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import MEDIA
 from tests.mqtt_support import Mosquitto, Received, Subscriber
-from tests.rtsp_server import SYSTEM_PYTHON, RtspServer, free_port
+from tests.rtsp_server import RtspServer, free_port
 from tests.test_end_to_end import BASE, agent_cmd, write_config
 
-CLIP = MEDIA / "one-by-one-person-detection.mp4"
 USER = "viewer"
 PASSWORD = "s3cret-pw"
 HASH_PASSWORD = "pa#ss/w?rd"
 HEARTBEAT = f"{BASE}/heartbeat"
 
 Json = dict[str, Any]
-
-
-@functools.cache
-def rtsp_unavailable() -> str | None:
-    """Why the RTSP server cannot run here (the same check and reason as tests/test_rtsp.py)."""
-    check = "import gi; gi.require_version('GstRtspServer', '1.0')"
-    try:
-        subprocess.run([SYSTEM_PYTHON, "-c", check], check=True, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        packages = "python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer1.0-rtsp"
-        return f"{SYSTEM_PYTHON} cannot load GstRtspServer (Debian: {packages}): {exc}"
-    return None
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[..., RtspServer]]:
-    """Starts RTSP servers on demand; every one is killed by pid afterwards."""
-    reason = rtsp_unavailable()
-    if reason:
-        pytest.skip(reason)
-    servers: list[RtspServer] = []
-
-    def make(**kw: Any) -> RtspServer:
-        server = RtspServer(CLIP, **kw)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.kill()
 
 
 @contextlib.contextmanager
