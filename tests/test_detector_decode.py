@@ -15,13 +15,15 @@ from agent.detector.decode import (
     grid_points,
     nms,
 )
-from agent.detector.families import check_layout, detect_family, input_size_of
+from agent.detector.families import SPECS, check_layout, detect_family, input_size_of
 from agent.detector.preprocess import (
     LetterboxInfo,
     StretchInfo,
     boxes_to_original,
     letterbox,
+    letterbox_blob,
     stretch,
+    stretch_blob,
     to_blob,
 )
 from agent.errors import ModelError
@@ -126,6 +128,154 @@ def test_to_blob_layout_order_and_normalisation(rgb, mean, std, expected):
 def test_preprocess_rejects_non_images(bad):
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         letterbox(bad, (32, 32), 114)
+    for spec in SPECS.values():
+        with pytest.raises(ValueError, match="HxWx3 uint8"):
+            spec.preprocess(bad, (32, 32))
+
+
+_NORMS = [  # (mean, std, rgb) of each family: YOLOX, PicoDet, NanoDet, Ultralytics
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False),
+    ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), True),
+    ((103.53, 116.28, 123.675), (57.375, 57.12, 58.395), False),
+    ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0), True),
+]
+
+
+def _noise(height: int, width: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("norm", _NORMS)
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize(
+    ("hw", "size"),
+    [
+        ((432, 768), (416, 416)),
+        ((1080, 1920), (320, 320)),
+        ((1080, 810), (416, 416)),
+        ((100, 50), (320, 320)),
+        ((320, 320), (320, 320)),
+        ((240, 320), (640, 384)),
+        ((1, 7), (32, 32)),
+    ],
+)
+def test_letterbox_blob_is_letterbox_then_to_blob_bit_for_bit(hw, size, center, norm):
+    mean, std, rgb = norm
+    image = _noise(*hw)
+    canvas, info = letterbox(image, size, 114, center)
+    blob, got_info = letterbox_blob(
+        image, size, pad_value=114, center=center, mean=mean, std=std, rgb=rgb
+    )
+    assert got_info == info
+    assert blob.shape == (1, 3, size[1], size[0])
+    assert blob.dtype == np.float32
+    assert blob.flags.c_contiguous
+    assert np.array_equal(blob, to_blob(canvas, mean, std, rgb))
+
+
+@pytest.mark.parametrize("norm", _NORMS)
+@pytest.mark.parametrize(("hw", "size"), [((432, 768), (320, 320)), ((320, 320), (320, 320))])
+def test_stretch_blob_is_stretch_then_to_blob(hw, size, norm):
+    mean, std, rgb = norm
+    image = _noise(*hw)
+    resized, info = stretch(image, size)
+    blob, got_info = stretch_blob(image, size, mean=mean, std=std, rgb=rgb)
+    assert got_info == info
+    assert np.array_equal(blob, to_blob(resized, mean, std, rgb))
+
+
+@pytest.mark.parametrize("norm", _NORMS)
+def test_to_blob_matches_plain_numpy(norm):
+    mean, std, rgb = norm
+    image = _noise(37, 53)
+    pixels = (image[:, :, ::-1] if rgb else image).transpose(2, 0, 1).astype(np.float32)
+    expected = (pixels - np.float32(mean)[:, None, None]) / np.float32(std)[:, None, None]
+    np.testing.assert_allclose(to_blob(image, mean, std, rgb)[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_preprocess_of_a_strided_view_is_that_of_a_copy():
+    image = _noise(400, 700)[::2, 1::3]  # not contiguous
+    assert not image.flags.c_contiguous
+    for name, spec in SPECS.items():
+        got, _ = spec.preprocess(image, (96, 64))
+        want, _ = spec.preprocess(np.ascontiguousarray(image), (96, 64))
+        assert np.array_equal(got, want), name
+
+
+def _garbage(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    return np.full(shape, np.nan if dtype is np.float32 else 7, dtype)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_preprocess_writes_into_out(center):
+    image = _noise(90, 160)
+    mean, std, rgb = _NORMS[1]
+    canvas = _garbage((64, 64, 3), np.uint8)
+    got, info = letterbox(image, (64, 64), 114, center, out=canvas)
+    assert got is canvas
+    assert np.array_equal(canvas, letterbox(image, (64, 64), 114, center)[0])
+    assert info.pad_y == (14 if center else 0)
+
+    blob = _garbage((1, 3, 64, 64), np.float32)
+    got, _ = letterbox_blob(
+        image, (64, 64), pad_value=114, center=center, mean=mean, std=std, rgb=rgb, out=blob
+    )
+    assert got is blob
+    assert np.array_equal(blob, to_blob(canvas, mean, std, rgb))  # the border too: no NaN left
+
+    stretched = _garbage((64, 64, 3), np.uint8)
+    assert stretch(image, (64, 64), out=stretched)[0] is stretched
+    assert np.array_equal(stretched, stretch(image, (64, 64))[0])
+    blob = _garbage((1, 3, 64, 64), np.float32)
+    assert stretch_blob(image, (64, 64), mean=mean, std=std, rgb=rgb, out=blob)[0] is blob
+    assert np.array_equal(blob, to_blob(stretched, mean, std, rgb))
+    blob = _garbage((1, 3, 64, 64), np.float32)
+    assert to_blob(stretched, mean, std, rgb, out=blob) is blob
+    assert np.array_equal(blob, to_blob(stretched, mean, std, rgb))
+
+
+def test_spec_preprocess_reuses_out_across_image_sizes():
+    spec = SPECS["nanodet"]
+    blob = np.empty((1, 3, 64, 64), np.float32)
+    for hw in [(90, 160), (160, 90), (64, 64), (10, 300)]:
+        image = _noise(*hw, seed=hw[0])
+        got, placement = spec.preprocess(image, (64, 64), out=blob)
+        want, want_placement = spec.preprocess(image, (64, 64))
+        assert got is blob
+        assert np.array_equal(blob, want), hw
+        assert placement == want_placement
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((1, 3, 64, 63), np.float32),
+        np.zeros((1, 3, 64, 64), np.float64),
+        np.zeros((1, 3, 64, 128), np.float32)[..., ::2],
+        np.zeros((3, 64, 64), np.float32),
+    ],
+)
+def test_preprocess_rejects_a_wrong_out(bad):
+    with pytest.raises(ValueError, match="out must be"):
+        letterbox_blob(
+            _noise(8, 8), (64, 64), pad_value=0, center=True, mean=(0, 0, 0), std=(1, 1, 1),
+            rgb=False, out=bad,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="out must be"):
+        SPECS["picodet"].preprocess(_noise(8, 8), (64, 64), out=bad)
+    with pytest.raises(ValueError, match="out must be"):
+        letterbox(_noise(8, 8), (64, 64), 0, out=np.zeros((64, 64, 3), np.float32))
+
+
+@pytest.mark.parametrize("pad", [-1, 256])
+def test_letterbox_rejects_a_pad_value_out_of_uint8(pad):
+    with pytest.raises(ValueError, match="pad_value"):
+        letterbox(_noise(8, 8), (16, 16), pad)
+    with pytest.raises(ValueError, match="pad_value"):
+        letterbox_blob(
+            _noise(8, 8), (16, 16), pad_value=pad, center=False, mean=(0, 0, 0), std=(1, 1, 1),
+            rgb=False,
+        )  # fmt: skip
 
 
 # --- decoders ---------------------------------------------------------------------------------
@@ -242,6 +392,74 @@ def test_decode_yolov8_channels_first():
     np.testing.assert_allclose(scores, [0.95, 0.49], rtol=1e-6)
     assert classes.tolist() == [5, 0]
     assert len(decode_yolov8(out, 0.96)[0]) == 0
+
+
+# --- family adapters: shortcuts with the decoders' exact results ------------------------------
+
+
+def _same(got, want) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        assert g.shape == w.shape
+        assert np.array_equal(g, w, equal_nan=g.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.65, 0.8, 1.0])
+@pytest.mark.parametrize("family", ["nanodet", "picodet"])
+def test_gfl_family_decode_equals_decode_gfl(family, threshold):
+    cls, dist = _gfl_maps()
+    spec = SPECS[family]
+    want = decode_gfl(
+        cls, dist, (32, 32), (8, 16), reg_max=3, score_threshold=threshold,
+        center_offset=spec.center_offset,
+    )  # fmt: skip
+    _same(spec.decode(cls + dist, (32, 32), threshold), want)
+
+
+def test_gfl_family_decode_still_checks_levels_it_could_skip():
+    cls, dist = _gfl_maps()
+    dist[1] = np.zeros((1, 4, 12), np.float32)  # wrong bin count on a level scoring < 0.8
+    with pytest.raises(ValueError, match="distance bins"):
+        SPECS["nanodet"].decode(cls + dist, (32, 32), 0.8)
+
+
+def test_gfl_family_decode_with_nan_scores():
+    cls, dist = _gfl_maps()
+    cls[1][0, 2, 0] = np.nan
+    for threshold in (0.5, 0.65, 0.8):
+        want = decode_gfl(
+            cls, dist, (32, 32), (8, 16), reg_max=3, score_threshold=threshold, center_offset=0.5
+        )
+        _same(SPECS["nanodet"].decode(cls + dist, (32, 32), threshold), want)
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.85, 0.95])
+def test_yolox_family_decode_equals_decode_yolox(threshold):
+    out = _yolox_tensor()
+    want = decode_yolox(out, (64, 64), (8, 16, 32), threshold)
+    _same(SPECS["yolox"].decode([out], (64, 64), threshold), want)
+
+
+def test_yolox_family_decode_still_checks_the_layout():
+    with pytest.raises(ValueError, match="grid cells"):
+        SPECS["yolox"].decode([np.zeros((1, 80, 85), np.float32)], (64, 64), 0.95)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_yolov8_family_decode_equals_decode_yolov8(seed):
+    rng = np.random.default_rng(seed)
+    out = rng.random((1, 84, 500), dtype=np.float32) * np.float32(0.6)
+    out[0, :4] *= 400
+    out[0, rng.integers(4, 84, 10), rng.integers(0, 500, 10)] = 0.9
+    if seed % 2:
+        out.reshape(-1)[rng.integers(0, out.size, 40)] = np.nan
+    for threshold in (0.05, 0.5, 0.59, 0.95):
+        _same(SPECS["yolov8"].decode([out], (320, 320), threshold), decode_yolov8(out, threshold))
+
+
+def test_yolov8_family_decode_still_checks_the_layout():
+    with pytest.raises(ValueError, match="4 \\+ classes"):
+        SPECS["yolov8"].decode([np.zeros((1, 4, 10), np.float32)], (320, 320), 0.5)
 
 
 # --- nms --------------------------------------------------------------------------------------

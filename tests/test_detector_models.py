@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,11 @@ import pytest
 from agent.config import DetectorConfig
 from agent.detector import OnnxDetector, load_detector
 from agent.detector.annotate import draw_detections
-from agent.domain import Detections
+from agent.detector.decode import decode_gfl, decode_yolox, nms
+from agent.detector.families import SPECS, FamilySpec, Resize
+from agent.detector.preprocess import LetterboxInfo, StretchInfo, boxes_to_original
+from agent.detector.session import open_session, session_options
+from agent.domain import COCO_LABELS, Detections
 from agent.errors import ModelError
 from tests.conftest import MEDIA, MODELS
 
@@ -175,3 +180,121 @@ def test_missing_model_raises_model_error(tmp_path, where):
     with pytest.raises(ModelError, match=r"not found|not a regular file") as info:
         load_detector(DetectorConfig(model=path))
     assert str(path) in str(info.value)
+
+
+# --- the optimised detect() against a straightforward reference ------------------------------
+
+
+def video_frame(name: str, index: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(MEDIA / name))
+    try:
+        for _ in range(index + 1):
+            ok, frame = cap.read()
+            assert ok, (name, index)
+    finally:
+        cap.release()
+    return frame
+
+
+@pytest.fixture(scope="module")
+def real_images(shared_dir) -> dict[str, np.ndarray]:
+    return {
+        "one-by-one 768x432": video_frame("one-by-one-person-detection.mp4", 120),
+        "traffic 1920x1080": video_frame("degirum_TrafficHD_short.mp4", 10),
+        "bus 810x1080": image("bus.jpg"),
+        "zidane 1280x720": image("zidane.jpg"),
+    }
+
+
+def reference_preprocess(
+    spec: FamilySpec, img: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, LetterboxInfo | StretchInfo]:
+    """Each family's input written the plain way: a padded canvas, then (pixel - mean) / std."""
+    width, height = size
+    h, w = img.shape[:2]
+    placement: LetterboxInfo | StretchInfo
+    if spec.resize is Resize.STRETCH:
+        canvas = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+        placement = StretchInfo(width / w, height / h)
+    else:
+        scale = min(width / w, height / h)
+        new_w, new_h = round(w * scale), round(h * scale)
+        pad_x = (width - new_w) // 2 if spec.center_pad else 0
+        pad_y = (height - new_h) // 2 if spec.center_pad else 0
+        canvas = np.full((height, width, 3), spec.pad_value, np.uint8)
+        resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+        placement = LetterboxInfo(scale, pad_x, pad_y)
+    pixels = canvas[:, :, ::-1] if spec.rgb else canvas
+    mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
+    blob = (pixels.astype(np.float32) - mean) / std
+    return blob.transpose(2, 0, 1)[np.newaxis], placement
+
+
+@pytest.mark.parametrize("size", [(416, 416), (320, 320), (640, 384)])
+@pytest.mark.parametrize("family", list(SPECS))
+def test_preprocess_matches_the_reference_on_real_images(real_images, family, size):
+    spec = SPECS[family]
+    for name, img in real_images.items():
+        want, want_placement = reference_preprocess(spec, img, size)
+        got, placement = spec.preprocess(img, size)
+        assert placement == want_placement, name
+        assert got.shape == want.shape
+        assert got.dtype == np.float32
+        assert got.flags.c_contiguous
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def reference_detect(path: Path, img: np.ndarray, min_score: float) -> Detections:
+    """Reference preprocessing, a separate session, the decoders called directly, NMS."""
+    session = open_session(path, session_options(1, False))
+    inp = session.get_inputs()[0]
+    size = (inp.shape[3], inp.shape[2])
+    family = next(f for n, f, _ in REAL_MODELS if n == path.name)
+    spec = SPECS[family]
+    blob, placement = reference_preprocess(spec, img, size)
+    outputs = session.run(None, {inp.name: blob})
+    if family == "yolox":
+        boxes, scores, ids = decode_yolox(outputs[0], size, spec.strides, min_score)
+    else:
+        levels = len(outputs) // 2
+        reg_max = outputs[levels].shape[-1] // 4 - 1
+        boxes, scores, ids = decode_gfl(
+            outputs[:levels], outputs[levels:], size, spec.strides[:levels],
+            reg_max=reg_max, score_threshold=min_score, center_offset=spec.center_offset,
+        )  # fmt: skip
+    keep = nms(boxes, scores, ids, 0.45, 100)
+    xyxy = boxes_to_original(boxes[keep], placement, (img.shape[1], img.shape[0]))
+    return Detections(xyxy, scores[keep], ids[keep], COCO_LABELS)
+
+
+@pytest.mark.parametrize("min_score", [0.5, 0.2])
+def test_detect_matches_the_reference_pipeline(real, real_images, min_score):
+    det, _, _ = real
+    path = det_model_path(det)
+    every = load_detector(
+        DetectorConfig(
+            model=path, threads=1, labels=list(COCO_LABELS), min_score=min_score, nms_iou=0.45
+        )
+    )
+    found = 0
+    for name, img in real_images.items():
+        got, want = every.detect(img), reference_detect(path, img, min_score)
+        assert got.class_ids.tolist() == want.class_ids.tolist(), name
+        np.testing.assert_allclose(got.xyxy, want.xyxy, atol=0.01, err_msg=name)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-6, err_msg=name)
+        found += len(got)
+    assert found >= 8  # the comparison is about real boxes
+    every.close()
+
+
+def test_one_detector_shared_by_threads(real, real_images):
+    det, _, _ = real
+    images = list(real_images.values())
+    expected = [det.detect(img) for img in images]
+    jobs = [i % len(images) for i in range(24)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: (i, det.detect(images[i])), jobs))
+    for i, got in results:
+        assert got.class_ids.tolist() == expected[i].class_ids.tolist()
+        assert np.array_equal(got.xyxy, expected[i].xyxy)

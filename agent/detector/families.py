@@ -33,8 +33,9 @@ from agent.detector.decode import (
     decode_yolov5,
     decode_yolov8,
     decode_yolox,
+    empty_decoded,
 )
-from agent.detector.preprocess import Image, Placement, letterbox, stretch, to_blob
+from agent.detector.preprocess import Image, Placement, letterbox_blob, stretch_blob
 from agent.errors import ModelError
 
 FamilyName = Literal["yolox", "picodet", "nanodet", "yolov5", "yolov8"]
@@ -69,21 +70,44 @@ class FamilySpec:
     center_offset: float
     decoder: Callable[[FamilySpec, Outputs, Size, float], Decoded]
 
-    def preprocess(self, image: Image, size: Size) -> tuple[npt.NDArray[np.float32], Placement]:
-        """BGR uint8 image -> float32 NCHW blob and where the image landed in it."""
-        placement: Placement
+    def preprocess(
+        self, image: Image, size: Size, out: npt.NDArray[np.float32] | None = None
+    ) -> tuple[npt.NDArray[np.float32], Placement]:
+        """BGR uint8 image -> float32 NCHW blob and where the image landed in it.
+
+        The blob is written into ``out`` (C-contiguous float32 ``[1, 3, h, w]``) when given.
+        """
         if self.resize is Resize.STRETCH:
-            resized, placement = stretch(image, size)
-        else:
-            resized, placement = letterbox(image, size, self.pad_value, self.center_pad)
-        return to_blob(resized, self.mean, self.std, self.rgb), placement
+            return stretch_blob(image, size, mean=self.mean, std=self.std, rgb=self.rgb, out=out)
+        return letterbox_blob(
+            image, size, pad_value=self.pad_value, center=self.center_pad,
+            mean=self.mean, std=self.std, rgb=self.rgb, out=out,
+        )  # fmt: skip
 
     def decode(self, outputs: Outputs, size: Size, score_threshold: float) -> Decoded:
         """Model outputs (in graph order) -> boxes in input pixels, scores, class ids."""
         return self.decoder(self, outputs, size, score_threshold)
 
 
+# The adapters below skip work a decoder would do for nothing, with the same result: they only
+# take shortcuts on outputs of the expected float32 layout, so that anything else still reaches
+# the decoder and its error message.
+
+
+def _rows(out: npt.NDArray[np.floating], count: int) -> npt.NDArray[np.float32] | None:
+    """A float32 ``[1, count, D]`` or ``[count, D]`` output as a ``[count, D]`` view, or None."""
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        return None
+    arr = out[0] if out.ndim == 3 and out.shape[0] == 1 else out
+    if arr.ndim != 2 or arr.shape[0] != count or arr.shape[1] == 0:
+        return None
+    return arr
+
+
 def _decode_yolox(spec: FamilySpec, outputs: Outputs, size: Size, threshold: float) -> Decoded:
+    arr = _rows(outputs[0], cells(size, spec.strides))
+    if arr is not None and arr.shape[1] >= 6 and arr[:, 4].max() < threshold:
+        return empty_decoded()  # no objectness passes, so no grid needed (a NaN max is not below)
     return decode_yolox(outputs[0], size, spec.strides, threshold)
 
 
@@ -92,14 +116,49 @@ def _decode_yolov5(_spec: FamilySpec, outputs: Outputs, _size: Size, threshold: 
 
 
 def _decode_yolov8(_spec: FamilySpec, outputs: Outputs, _size: Size, threshold: float) -> Decoded:
-    return decode_yolov8(outputs[0], threshold)
+    """Decodes only the columns whose best class score passes (found on the contiguous
+    ``[C, N]`` class block, far cheaper than the decoder's per-row argmax over all ``N``)."""
+    out = outputs[0]
+    arr = out[0] if isinstance(out, np.ndarray) and out.ndim == 3 and out.shape[0] == 1 else None
+    if arr is not None and arr.dtype == np.float32 and arr.shape[0] >= 5 and arr.shape[1] > 0:
+        out = out[:, :, np.flatnonzero(arr[4:].max(axis=0) >= threshold)]
+    return decode_yolov8(out, threshold)
+
+
+def _gfl_level_empty(
+    cls_map: npt.NDArray[np.floating],
+    dist_map: npt.NDArray[np.floating],
+    n_cells: int,
+    dist_width: int,
+    threshold: float,
+) -> bool:
+    """True for a well-formed level whose every class score is below ``threshold``."""
+    cls, dist = _rows(cls_map, n_cells), _rows(dist_map, n_cells)
+    if cls is None or dist is None or dist.shape[1] != dist_width:
+        return False
+    return bool(cls.max() < threshold)  # a NaN max is not below: decoded as usual
 
 
 def _decode_gfl(spec: FamilySpec, outputs: Outputs, size: Size, threshold: float) -> Decoded:
+    """Levels where no class score passes are left out: they would decode to nothing."""
     levels = len(outputs) // 2
     cls_maps, dist_maps = outputs[:levels], outputs[levels:]
     reg_max = int(np.shape(dist_maps[0])[-1]) // 4 - 1
     strides = spec.strides[:levels]
+    if len(outputs) == 2 * len(strides):
+        width = 4 * (reg_max + 1)
+        live = [
+            i
+            for i, stride in enumerate(strides)
+            if not _gfl_level_empty(
+                cls_maps[i], dist_maps[i], cells(size, [stride]), width, threshold
+            )
+        ]
+        if not live:
+            return empty_decoded()
+        cls_maps = [cls_maps[i] for i in live]
+        dist_maps = [dist_maps[i] for i in live]
+        strides = tuple(strides[i] for i in live)
     return decode_gfl(
         cls_maps,
         dist_maps,
