@@ -306,18 +306,14 @@ class OpenCVSource:
         try:
             ok, image = cap.read()
         except cv2.error as exc:
-            raise SourceError(
-                f"{self._name}: read failed: {redact(str(exc), source_secrets(self._cfg.source))}"
-            ) from exc
+            raise SourceError(f"{self._name}: read failed: {self._clean(str(exc))}") from exc
         return bool(ok) and image is not None, image
 
     def _capture(self) -> cv2.VideoCapture:
         try:
             cap = self._new_capture()
         except cv2.error as exc:
-            raise SourceError(
-                f"{self._name}: cannot open: {redact(str(exc), source_secrets(self._cfg.source))}"
-            ) from exc
+            raise SourceError(f"{self._name}: cannot open: {self._clean(str(exc))}") from exc
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{self._name}: cannot open")
