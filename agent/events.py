@@ -97,10 +97,6 @@ class EventBuilder:
         self._open: dict[int, _Open] = {}
         self._size = (1, 1)
 
-    @property
-    def open_events(self) -> int:
-        return len(self._open)
-
     def update(self, tracks: list[Track], frame: Frame) -> list[Emission]:
         """Advance with the tracker's output for ``frame``; the messages to send now."""
         self._size = (frame.width, frame.height)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.detector import Detector
-from agent.domain import COCO_LABELS, Detections, Frame
+from agent.domain import Detections, Frame
 from agent.errors import DetectorError, SourceFinished
 from agent.events import Emission, EventBuilder
 from agent.metrics import PipelineCounters
@@ -61,7 +61,6 @@ class CameraPipeline:
         self._clock = clock
         self._next_due: float | None = None
         self._last: Frame | None = None
-        self._last_labels: tuple[str, ...] = COCO_LABELS
 
     def due(self, ts: float) -> bool:
         """Whether a frame at ``ts`` should be detected on; advances the schedule if so."""
@@ -85,7 +84,7 @@ class CameraPipeline:
             log.exception("camera %s: detection failed on frame %d", frame.camera_id, frame.index)
             return []
         self.counters.detected(self._clock(), (time.perf_counter() - started) * 1000)
-        self._last, self._last_labels = frame, dets.labels
+        self._last = frame
         return self._emit(self.builder.update(self.tracker.update(dets, frame.ts), frame))
 
     def idle(self, ts: float, wall_ts: float) -> list[Emission]:
@@ -93,7 +92,7 @@ class CameraPipeline:
         if self._last is None or ts <= self._last.ts:
             return []
         frame = dataclasses.replace(self._last, ts=ts, wall_ts=wall_ts)
-        tracks = self.tracker.update(Detections.empty(self._last_labels), ts)
+        tracks = self.tracker.update(Detections.empty(), ts)
         self._last = frame
         return self._emit(self.builder.update(tracks, frame))
 
