@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
+from agent.motion import polygon_problem
 from agent.redact import source_secrets
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
@@ -84,6 +85,56 @@ class MqttConfig(Section):
         return self
 
 
+class MotionConfig(Section):
+    """The motion gate: the detector runs only where and when something moved."""
+
+    enabled: bool = Field(True, description="Gate the detector on motion (false: every due frame).")
+    height: int = Field(100, ge=16, le=1080, description="Rows of the small grey motion frame.")
+    threshold: int = Field(25, ge=1, le=254, description="Grey-level change that counts as motion.")
+    contour_area: int = Field(
+        12, ge=1, description="Smallest moving blob, in pixels of the small motion frame."
+    )
+    background_s: float = Field(
+        4.0, gt=0, description="Time constant of the running background average (seconds)."
+    )
+    contrast: bool = Field(True, description="Normalise contrast before comparing.")
+    dilate: int = Field(2, ge=0, le=10, description="Dilation passes joining nearby blobs.")
+    recalibrate_fraction: float = Field(
+        0.4, gt=0, le=1,
+        description="More than this fraction of the frame changed at once (a lamp, IR at dusk): "
+        "relearn the background and report no motion for recalibrate_s.",
+    )  # fmt: skip
+    recalibrate_s: float = Field(1.0, ge=0, description="Blind time after a global light change.")
+    masks: list[list[list[float]]] = Field(
+        default_factory=list,
+        description="Areas whose motion is ignored (a tree, a TV, a flickering sign): polygons "
+        "of normalised [x, y] points, e.g. [[[0, 0], [0.3, 0], [0.3, 0.2]]].",
+    )
+    confirm_interval_s: float = Field(
+        1.0, gt=0,
+        description="While objects are tracked and nothing new moves, detect this often to keep "
+        "them (must be below events.end_timeout_s).",
+    )  # fmt: skip
+    refresh_interval_s: float = Field(
+        30.0, gt=0, description="Detect on the whole frame at least this often."
+    )
+    regions: bool = Field(
+        True, description="Detect on a crop around small motion instead of the whole frame."
+    )
+    region_max_area: float = Field(
+        0.4, gt=0, le=1, description="Crops larger than this fraction of the frame: whole frame."
+    )
+
+    @field_validator("masks")
+    @classmethod
+    def _polygons(cls, masks: list[list[list[float]]]) -> list[list[list[float]]]:
+        for i, poly in enumerate(masks):
+            problem = polygon_problem(poly)
+            if problem:
+                raise ValueError(f"masks[{i}]: {problem}")
+        return masks
+
+
 class CameraConfig(Section):
     """One camera. ``password_file`` keeps the camera's password out of the config file."""
 
@@ -105,6 +156,7 @@ class CameraConfig(Section):
     read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
     width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
     height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
 
     @model_validator(mode="after")
     def _password_file_needs_url(self) -> CameraConfig:
@@ -116,6 +168,7 @@ class CameraConfig(Section):
 
 
 Family = Literal["auto", "yolox", "picodet", "nanodet", "yolov5", "yolov8"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
 class DetectorConfig(Section):
@@ -123,6 +176,21 @@ class DetectorConfig(Section):
     family: Family = Field("auto", description="Model family; auto detects it from the graph.")
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads.")
     spin: bool = Field(False, description="Let onnxruntime threads spin (burns CPU).")
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="onnxruntime execution providers, best first (e.g. TensorrtExecutionProvider, "
+        "CUDAExecutionProvider on a Jetson); missing ones are skipped with one log line and the "
+        "CPU is always the last resort.",
+    )
+    graph_optimization: GraphOptimization = Field(
+        "all", description="onnxruntime graph optimisation level."
+    )
+    max_fps: float | None = Field(
+        None, gt=0,
+        description="Detector runs per second for the whole box, shared fairly by the cameras "
+        "(None: as fast as it goes). About 6 on a Raspberry Pi 4 with YOLOX-Nano.",
+    )  # fmt: skip
     labels: list[str] = Field(
         default_factory=lambda: list(DEFAULT_LABELS), min_length=1, description="Labels to report."
     )
@@ -222,6 +290,16 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"camera ids must be unique, repeated: {dupes}")
         return cams
+
+    @model_validator(mode="after")
+    def _confirm_before_end(self) -> Settings:
+        for cam in self.cameras:
+            if cam.motion.enabled and cam.motion.confirm_interval_s >= self.events.end_timeout_s:
+                raise ValueError(
+                    f"camera {cam.id}: motion.confirm_interval_s must be below "
+                    "events.end_timeout_s, or still objects end while still there"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

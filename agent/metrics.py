@@ -20,6 +20,7 @@ class PipelineStats:
     inference_ms_p95: float | None
     events: int
     errors: int
+    skipped_no_motion: int = 0
 
 
 class PipelineCounters:
@@ -33,7 +34,7 @@ class PipelineCounters:
         self._ms: deque[float] = deque(maxlen=window)
         self._times: deque[float] = deque()
         self._rate_window_s = rate_window_s
-        self._detected = self._skipped = self._events = self._errors = 0
+        self._detected = self._skipped = self._events = self._errors = self._no_motion = 0
 
     def detected(self, now: float, inference_ms: float) -> None:
         with self._lock:
@@ -45,6 +46,11 @@ class PipelineCounters:
     def skipped(self, n: int = 1) -> None:
         with self._lock:
             self._skipped += n
+
+    def no_motion(self, n: int = 1) -> None:
+        """A due frame not detected on: nothing moved and nothing needed confirming."""
+        with self._lock:
+            self._no_motion += n
 
     def emitted(self, n: int = 1) -> None:
         with self._lock:
@@ -72,4 +78,5 @@ class PipelineCounters:
                 inference_ms_p95=None if ms is None else round(float(np.percentile(ms, 95)), 2),
                 events=self._events,
                 errors=self._errors,
+                skipped_no_motion=self._no_motion,
             )

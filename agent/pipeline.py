@@ -11,14 +11,22 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 from agent.detector import Detector
-from agent.domain import Detections, Frame
+from agent.detector_service import DetectResult
+from agent.domain import Detections, Frame, Track
 from agent.errors import DetectorError, SourceFinished
 from agent.events import Emission, EventBuilder
+from agent.gate import MotionGate
 from agent.metrics import PipelineCounters
+from agent.regions import Region
 from agent.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -38,8 +46,48 @@ class FrameFeed(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedDetector(Protocol):
+    """A camera's handle on the shared detector service (see agent.detector_service)."""
+
+    def submit(self, image: npt.NDArray[np.uint8], motion: bool = True) -> Future[DetectResult]:
+        """Queue ``image`` (replacing this camera's pending one); its result later."""
+        ...
+
+    def detect_timed(self, image: npt.NDArray[np.uint8], motion: bool = True) -> DetectResult:
+        """Submit and wait."""
+        ...
+
+
+def in_frame(dets: Detections, region: Region | None) -> Detections:
+    """Detections found in a crop, moved to pixels of the whole frame."""
+    if region is None or not len(dets):
+        return dets
+    offset = np.array([region.x1, region.y1, region.x1, region.y1], np.float32)
+    return dataclasses.replace(dets, xyxy=dets.xyxy + offset)
+
+
+def crop(image: npt.NDArray[np.uint8], region: Region | None) -> npt.NDArray[np.uint8]:
+    if region is None:
+        return image
+    return np.ascontiguousarray(image[region.y1 : region.y2, region.x1 : region.x2])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pending:
+    future: Future[DetectResult]
+    frame: Frame
+    region: Region | None
+
+
 class CameraPipeline:
-    """Detect on frames due at ``detect_fps`` (by frame timestamp), track, build events."""
+    """Detect on frames due at ``detect_fps`` (by frame timestamp), track, build events.
+
+    With a ``gate``, a due frame is detected on only when the motion gate says so (else it is
+    counted as skipped for no motion), on the crop the gate chose. With ``wait=False`` and a
+    :class:`SharedDetector`, frames are submitted without waiting and each result is applied
+    on a later step, in order (live cameras: the worker keeps up with the camera).
+    """
 
     def __init__(
         self,
@@ -51,8 +99,14 @@ class CameraPipeline:
         *,
         detect_fps: float,
         clock: Callable[[], float] = time.monotonic,
+        gate: MotionGate | None = None,
+        wait: bool = True,
     ) -> None:
         self.detector = detector
+        self.gate = gate
+        self.wait = wait or not isinstance(detector, SharedDetector)
+        self._tracks: list[Track] = []
+        self._pending: deque[_Pending] = deque()
         self.tracker = tracker
         self.builder = builder
         self.sink = sink
@@ -73,31 +127,79 @@ class CameraPipeline:
 
     def step(self, frame: Frame) -> list[Emission]:
         """Process one frame; the emissions it caused (already handed to the sink)."""
+        out = self.collect()
         if not self.due(frame.ts):
             self.counters.skipped()
-            return []
+            return out
+        region: Region | None = None
+        motion = True
+        if self.gate is not None:
+            decision = self.gate.assess(frame, self._tracks)
+            if not decision.run:
+                self.counters.no_motion()
+                return out
+            region = decision.region
+            motion = decision.reason is not None and decision.reason.value == "motion"
+        if not self.wait and isinstance(self.detector, SharedDetector):
+            future = self.detector.submit(crop(frame.image, region), motion)
+            self._pending.append(_Pending(future, frame, region))
+            return out
+        result = self._detect(frame, region, motion)
+        if result is None:
+            return out
+        return out + self._apply(frame, in_frame(result.detections, region), result.inference_ms)
+
+    def _detect(self, frame: Frame, region: Region | None, motion: bool) -> DetectResult | None:
         started = time.perf_counter()
         try:
-            dets = self.detector.detect(frame.image)
+            if isinstance(self.detector, SharedDetector):
+                return self.detector.detect_timed(crop(frame.image, region), motion)
+            dets = self.detector.detect(crop(frame.image, region))
         except DetectorError:
             self.counters.error()
             log.exception("camera %s: detection failed on frame %d", frame.camera_id, frame.index)
-            return []
-        self.counters.detected(self._clock(), (time.perf_counter() - started) * 1000)
+            return None
+        return DetectResult(dets, (time.perf_counter() - started) * 1000)
+
+    def collect(self) -> list[Emission]:
+        """Apply the shared detector's finished results, oldest first (``wait=False``)."""
+        out: list[Emission] = []
+        while self._pending and self._pending[0].future.done():
+            p = self._pending.popleft()
+            if p.future.cancelled():
+                continue  # replaced by a newer frame: counted by the service as dropped_busy
+            try:
+                result = p.future.result()
+            except DetectorError:
+                self.counters.error()
+                log.exception("camera %s: detection failed on frame %d", p.frame.camera_id, p.frame.index)  # noqa: E501  # fmt: skip
+                continue
+            if self._last is not None and p.frame.ts < self._last.ts:
+                continue  # idle time already moved past it
+            out += self._apply(p.frame, in_frame(result.detections, p.region), result.inference_ms)
+        return out
+
+    def _apply(self, frame: Frame, dets: Detections, inference_ms: float) -> list[Emission]:
+        self.counters.detected(self._clock(), inference_ms)
         self._last = frame
-        return self._emit(self.builder.update(self.tracker.update(dets, frame.ts), frame))
+        self._tracks = self.tracker.update(dets, frame.ts)
+        return self._emit(self.builder.update(self._tracks, frame))
 
     def idle(self, ts: float, wall_ts: float) -> list[Emission]:
         """Advance time without a frame (live camera down): lets open events end on time."""
+        out = self.collect()
         if self._last is None or ts <= self._last.ts:
-            return []
+            return out
         frame = dataclasses.replace(self._last, ts=ts, wall_ts=wall_ts)
-        tracks = self.tracker.update(Detections.empty(), ts)
+        self._tracks = self.tracker.update(Detections.empty(), ts)
         self._last = frame
-        return self._emit(self.builder.update(tracks, frame))
+        return out + self._emit(self.builder.update(self._tracks, frame))
 
     def finish(self) -> list[Emission]:
         """End every open event: the source finished or the agent is stopping."""
+        for p in self._pending:
+            p.future.cancel()
+        self._pending.clear()
         return self._emit(self.builder.close())
 
     def _emit(self, emissions: list[Emission]) -> list[Emission]:
