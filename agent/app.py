@@ -22,7 +22,9 @@ from agent.capture import CaptureThread
 from agent.codec import Topics, encode_status
 from agent.config import CameraConfig, Settings
 from agent.detector import Detector, load_detector
+from agent.detector_service import CameraClient, DetectorService
 from agent.events import EventBuilder
+from agent.gate import MotionGate
 from agent.heartbeat import (
     CameraHeartbeat,
     Heartbeat,
@@ -37,7 +39,7 @@ from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline, CameraWorker
 from agent.publisher import Publisher
 from agent.sink import OutboxSink
-from agent.sources import source_kind
+from agent.sources import is_lossless, source_kind
 from agent.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Camera:
     capture: CaptureThread
     worker: CameraWorker
     counters: PipelineCounters
+    detector: CameraClient
 
 
 def topics_for(settings: Settings) -> Topics:
@@ -87,6 +90,7 @@ class App:
         except Exception:
             self.outbox.close()
             raise
+        self.detector_service = DetectorService(self.detector, max_fps=settings.detector.max_fps)
         self.link = make_link(settings, self.started_ts)
         self.publisher = Publisher(self.outbox, self.link, settings.mqtt)
         sink = OutboxSink(self.outbox, self.topics, settings.snapshots)
@@ -106,13 +110,17 @@ class App:
             snapshot_gain=ev.snapshot_gain, snapshots=self.settings.snapshots.enabled,
         )  # fmt: skip
         counters = PipelineCounters()
+        client = self.detector_service.client(cfg.id, cfg.detect_fps)
+        side = min(self.detector.input_size)
+        gate = MotionGate.from_config(cfg.motion, side) if cfg.motion.enabled else None
         pipeline = CameraPipeline(
-            self.detector, tracker, builder, sink, counters, detect_fps=cfg.detect_fps
-        )
+            client, tracker, builder, sink, counters, detect_fps=cfg.detect_fps,
+            gate=gate, wait=is_lossless(cfg),
+        )  # fmt: skip
         capture = CaptureThread.for_camera(cfg)
         live = source_kind(cfg.source) != "file"
         worker = CameraWorker(cfg.id, capture.slot, pipeline, live=live)
-        return Camera(cfg, capture, worker, counters)
+        return Camera(cfg, capture, worker, counters, client)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -124,6 +132,7 @@ class App:
         )  # fmt: skip
         self.link.start()
         self.publisher.start()
+        self.detector_service.start()
         for cam in self.cameras:
             cam.worker.start()
             cam.capture.start()
@@ -147,6 +156,7 @@ class App:
         for cam in self.cameras:
             cam.worker.join(10.0)  # ends open events into the outbox
             cam.capture.join(5.0)
+        self.detector_service.stop()
         timeout = self.settings.shutdown.drain_timeout_s
         drained = self.link.wait_connected(min(timeout, 2.0)) and self.publisher.drain(timeout)
         left = self.outbox.stats().depth
@@ -205,13 +215,15 @@ class App:
     def _camera_heartbeat(cam: Camera, now: float) -> CameraHeartbeat:
         src = cam.capture.status()
         pipe = cam.counters.snapshot(now)
+        det = cam.detector.stats()
         return CameraHeartbeat(
             id=cam.cfg.id, state=str(src.state), reconnects=src.reconnects,
             fps_in=round(src.fps_in, 2), fps_detected=pipe.fps_detected,
             frames_dropped=src.frames_dropped, frames_skipped=pipe.frames_skipped,
-            inference_ms_p50=pipe.inference_ms_p50, inference_ms_p95=pipe.inference_ms_p95,
+            inference_ms_p50=det.inference_ms_p50, inference_ms_p95=det.inference_ms_p95,
             events=pipe.events, errors=pipe.errors + src.internal_errors,
             last_error=src.last_error,
+            skipped_no_motion=pipe.skipped_no_motion, dropped_busy=det.dropped_busy,
         )  # fmt: skip
 
 

@@ -45,6 +45,8 @@ class CameraHeartbeat:
     events: int
     errors: int
     last_error: str | None
+    skipped_no_motion: int = 0
+    dropped_busy: int = 0
 
 
 @dataclass(frozen=True, slots=True)

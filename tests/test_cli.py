@@ -62,6 +62,17 @@ def test_example_config_in_the_repo_is_valid(capsys):
          "unicorn"),
         (("family: auto", "family: ssd"), "detector.family", "Input should be"),
         (("- id: gate", "- id: Gate!"), "cameras.0.id", "should match pattern"),
+        (("detect_fps: 5", "detect_fps: 5\n    motion: {masks: [[[0, 0], [1.5, 0], [0, 1]]]}"),
+         "cameras.0.motion.masks", "masks[0]: point 1 must be normalised to 0..1"),
+        (("detect_fps: 5", "detect_fps: 5\n    motion: {masks: [[[0, 0], [1, 1]]]}"),
+         "cameras.0.motion.masks", "at least 3 points"),
+        (("detect_fps: 5", "detect_fps: 5\n    motion: {masks: [[[0, 0], [0.5, 0.5], [1, 1]]]}"),
+         "cameras.0.motion.masks", "no area"),
+        (("detect_fps: 5", "detect_fps: 5\n    motion: {confirm_interval_s: 5}"), "(root)",
+         "confirm_interval_s must be below events.end_timeout_s"),
+        (("threads: 2", "threads: 2, graph_optimization: turbo"), "detector.graph_optimization",
+         "Input should be"),
+        (("threads: 2", "threads: 2, max_fps: 0"), "detector.max_fps", "greater than 0"),
     ],
 )  # fmt: skip
 def test_check_config_names_the_field_and_reason(tmp_path, capsys, edit, field, reason):

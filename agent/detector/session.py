@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,27 +28,61 @@ from agent.domain import COCO_LABELS, Detections
 from agent.errors import ConfigError, DetectorError, ModelError
 
 DEFAULT_MAX_DET = 100
+CPU = "CPUExecutionProvider"
+GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+log = logging.getLogger(__name__)
 
 
-def session_options(threads: int, spin: bool) -> ort.SessionOptions:
-    """CPU session options: ``threads`` intra-op workers, optionally spinning, quiet logs."""
+def session_options(threads: int, spin: bool, graph: str = "all") -> ort.SessionOptions:
+    """Session options: ``threads`` intra-op workers, optionally spinning, quiet logs."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = GRAPH_LEVELS[graph]
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 
 
-def open_session(path: Path, opts: ort.SessionOptions) -> ort.InferenceSession:
-    """An onnxruntime CPU session, or :class:`ModelError` naming ``path`` and the reason."""
+def choose_providers(
+    wanted: Sequence[str], available: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The wanted providers this onnxruntime has, in order, the CPU always last; and the missing.
+
+    Pure: ``available`` is ``onnxruntime.get_available_providers()``.
+    """
+    have = [p for p in wanted if p in available and p != CPU]
+    missing = [p for p in wanted if p not in available]
+    return [*have, CPU], missing
+
+
+def open_session(
+    path: Path, opts: ort.SessionOptions, providers: Sequence[str] = (CPU,)
+) -> ort.InferenceSession:
+    """An onnxruntime session, or :class:`ModelError` naming ``path`` and the reason.
+
+    Providers this onnxruntime build lacks are skipped with one warning; the CPU is the
+    last resort.
+    """
     if not path.exists():
         raise ModelError(f"cannot load model {path}: file not found")
     if not path.is_file():
         raise ModelError(f"cannot load model {path}: not a regular file")
+    chosen, missing = choose_providers(providers, ort.get_available_providers())
+    if missing:
+        log.warning(
+            "execution provider(s) %s not available in this onnxruntime (has %s): using %s",
+            ", ".join(missing), ", ".join(ort.get_available_providers()), ", ".join(chosen),
+        )  # fmt: skip
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=chosen)
     except Exception as exc:  # onnxruntime's errors derive from Exception only
         raise ModelError(f"cannot load model {path}: {_ort_reason(exc)}") from exc
 
@@ -108,7 +143,8 @@ class OnnxDetector:
     def from_config(cls, cfg: DetectorConfig, max_det: int = DEFAULT_MAX_DET) -> OnnxDetector:
         """Load ``cfg.model``; detect its family unless ``cfg.family`` names one."""
         thresholds = class_thresholds(cfg.labels, cfg.min_score, cfg.label_min_score)
-        session = open_session(cfg.model, session_options(cfg.threads, cfg.spin))
+        opts = session_options(cfg.threads, cfg.spin, cfg.graph_optimization)
+        session = open_session(cfg.model, opts, cfg.providers)
         if len(session.get_inputs()) != 1:
             raise ModelError(f"{cfg.model} has {len(session.get_inputs())} inputs, expected 1")
         family = resolve_family(session, cfg.family, str(cfg.model))
@@ -128,6 +164,11 @@ class OnnxDetector:
     def input_size(self) -> tuple[int, int]:
         """Model input ``(width, height)``."""
         return self._input_size
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session runs on, best first."""
+        return [] if self._session is None else list(self._session.get_providers())
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
         """Detections of the configured labels in a HxWx3 uint8 BGR image, in its pixels.

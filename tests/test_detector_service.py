@@ -1,0 +1,146 @@
+"""The shared detector service: newest frame per camera, fairness, budget, errors, stop.
+
+The detector is a hand-written fake that blocks until the test releases it, so every count
+below is exact.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from agent.detector_service import DetectorService
+from agent.domain import Detections
+from agent.errors import DetectorError
+
+IMAGE = np.zeros((32, 32, 3), np.uint8)
+
+
+class GatedDetector:
+    """Runs one detection per :meth:`release`; records which image (by its first pixel) ran."""
+
+    family = "fake"
+    input_size = (32, 32)
+
+    def __init__(self, fail_on: set[int] | None = None) -> None:
+        self.ran: list[int] = []
+        self.started = threading.Semaphore(0)
+        self._go = threading.Semaphore(0)
+        self._fail_on = fail_on or set()
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._go.release()
+
+    def detect(self, image):
+        self.started.release()
+        assert self._go.acquire(timeout=10)
+        tag = int(image[0, 0, 0])
+        self.ran.append(tag)
+        if tag in self._fail_on:
+            raise DetectorError(f"scripted failure on image {tag}")
+        return Detections.empty()
+
+    def close(self) -> None:
+        pass
+
+
+def img(tag: int) -> np.ndarray:
+    out = IMAGE.copy()
+    out[0, 0, 0] = tag
+    return out
+
+
+@pytest.fixture
+def service():
+    det = GatedDetector(fail_on={66})
+    svc = DetectorService(det)
+    yield svc, det
+    det.release(100)
+    svc.stop()
+
+
+def test_a_newer_frame_replaces_the_pending_one_and_is_counted(service):
+    svc, det = service
+    a = svc.client("a", detect_fps=5)
+    svc.start()
+    first = a.submit(img(1))
+    assert det.started.acquire(timeout=5)  # 1 is running; 2, 3, 4 queue behind it
+    stale = [a.submit(img(n)) for n in (2, 3)]
+    newest = a.submit(img(4))
+    det.release(2)
+    assert first.result(timeout=5).detections is not None
+    assert newest.result(timeout=5) is not None
+    assert all(f.cancelled() for f in stale)
+    assert det.ran == [1, 4]
+    stats = a.stats()
+    assert (stats.submitted, stats.detected, stats.dropped_busy) == (4, 2, 2)
+
+
+def test_a_flooding_camera_gets_no_more_than_its_turn(service):
+    svc, det = service
+    flood, quiet = svc.client("flood", detect_fps=5), svc.client("quiet", detect_fps=5)
+    svc.start()
+    flood.submit(img(1))
+    assert det.started.acquire(timeout=5)
+    for _ in range(3):  # while the detector works, flood resubmits, quiet waits its turn
+        q = quiet.submit(img(2))
+        for _ in range(50):
+            flood.submit(img(1))
+        det.release()
+        assert det.started.acquire(timeout=5)
+        det.release()
+        assert q.result(timeout=5) is not None
+        assert det.started.acquire(timeout=5)
+    det.release(1)
+    assert det.ran.count(2) == 3
+    assert det.ran.count(1) <= 4
+    assert flood.stats().dropped_busy >= 140
+
+
+def test_a_failed_detection_reaches_its_camera_and_the_service_goes_on(service):
+    svc, det = service
+    a, b = svc.client("a", detect_fps=5), svc.client("b", detect_fps=5)
+    svc.start()
+    det.release(2)
+    with pytest.raises(DetectorError, match="scripted failure"):
+        a.detect_timed(img(66))
+    assert b.detect_timed(img(7)).detections is not None
+    assert (a.stats().errors, b.stats().errors, svc.stats().runs) == (1, 0, 1)
+
+
+def test_a_camera_that_never_collects_its_results_stalls_no_one(service):
+    svc, det = service
+    dead, live = svc.client("dead", detect_fps=5), svc.client("live", detect_fps=5)
+    svc.start()
+    det.release(11)
+    dead.submit(img(9))  # its worker died: nobody ever reads this future
+    for n in range(10):
+        assert live.detect_timed(img(n)).detections is not None
+    assert live.stats().detected == 10
+
+
+def test_stop_cancels_pending_requests_as_detector_errors():
+    det = GatedDetector()
+    svc = DetectorService(det)
+    a = svc.client("a", detect_fps=5)
+    svc.start()
+    a.submit(img(1))
+    assert det.started.acquire(timeout=5)
+    pending = a.submit(img(2))
+    waiter = threading.Thread(target=svc.stop)
+    waiter.start()
+    det.release(5)
+    waiter.join(10)
+    assert pending.cancelled()
+    with pytest.raises(DetectorError, match="stopped"):
+        a.detect_timed(img(3))
+
+
+def test_a_camera_id_registers_once(service):
+    svc, _ = service
+    svc.client("a", detect_fps=5)
+    with pytest.raises(ValueError, match="already registered"):
+        svc.client("a", detect_fps=5)
