@@ -36,7 +36,12 @@ def people_in(dets: Detections, region: Region) -> int:
 
 
 def compare_regions(
-    model: Path, clip: Path, *, scale: float = 2.0, every: int = 3, max_frames: int = 240,
+    model: Path,
+    clip: Path,
+    *,
+    scale: float = 2.0,
+    every: int = 3,
+    max_frames: int = 240,
     max_regions: int = 2,
 ) -> dict[str, Any]:
     """Frames compared, and people found in the regions by the crop and by the whole frame."""
