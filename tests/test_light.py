@@ -23,6 +23,7 @@ from agent.gate import MotionGate
 from agent.metrics import PipelineCounters
 from agent.pipeline import CameraPipeline, CameraWorker
 from agent.tracker import Tracker
+from bench.regions import compare_regions
 from tests.conftest import MEDIA, MODELS
 from tests.fakes import ListSink
 
@@ -55,7 +56,8 @@ def assert_six_person_visits(sink: ListSink) -> None:
     v = visits(sink)
     assert len(v) == 6, v
     for kinds in v.values():
-        assert kinds[0] == "person:new" and kinds[-1] == "person:end"
+        assert kinds[0] == "person:new"
+        assert kinds[-1] == "person:end"
         assert all(k.startswith("person:") for k in kinds)
         assert kinds.count("person:new") == kinds.count("person:end") == 1
 
@@ -175,7 +177,8 @@ def test_three_cameras_share_one_detector_under_a_budget_and_a_flood_stalls_none
     by_cam = {c.camera_id: c for c in service.stats().cameras}
     for n in range(3):  # every frame a camera asked about was served: nobody starved
         st = by_cam[f"cam{n}"]
-        assert st.detected == st.submitted and st.dropped_busy == 0
+        assert st.detected == st.submitted
+        assert st.dropped_busy == 0
     assert by_cam["flood"].dropped_busy > by_cam["flood"].detected > 0  # it only hurt itself
     assert by_cam["dead"].submitted == 1
 
@@ -211,8 +214,6 @@ def test_a_missing_provider_is_one_log_line_and_the_cpu_runs(caplog):
 
 
 def test_regions_find_people_the_whole_frame_misses():
-    from bench.regions import compare_regions
-
     r = compare_regions(MODEL, MEDIA / "ozlu_pedestrian_survaillance.mp4", max_frames=120)
     assert r["regions_compared"] >= 20
     assert r["people_found_by_region"] > r["people_found_by_whole_frame"]

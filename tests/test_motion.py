@@ -44,7 +44,10 @@ def test_a_moving_square_is_boxed_in_full_frame_pixels():
     last = results[-1]
     assert last.motion
     x1, y1, x2, y2 = last.boxes[0]
-    assert 300 <= x1 <= 345 and 380 <= x2 <= 400 and y1 <= 150 and y2 >= 190
+    assert 300 <= x1 <= 345
+    assert 380 <= x2 <= 400
+    assert y1 <= 150
+    assert y2 >= 190
 
 
 def test_motion_inside_a_mask_is_ignored():
@@ -60,7 +63,8 @@ def test_a_global_light_change_recalibrates_instead_of_reporting_motion():
     lamp = np.linspace(0.3, 1.6, W)[None, :, None]  # a lamp on one side, not a uniform gain
     frames += [np.clip(scene(20 + i) * lamp, 0, 255).astype(np.uint8) for i in range(30)]
     results = play(MotionDetector(MotionParams(recalibrate_s=1.0)), frames)
-    assert results[20].calibrating and not results[20].motion
+    assert results[20].calibrating
+    assert not results[20].motion
     assert results[20].changed > 0.4
     assert not any(r.motion for r in results)
     assert not results[-1].calibrating
@@ -149,9 +153,13 @@ def test_gate_region_covers_motion_and_tracks_and_refresh_is_whole_frame():
     params = GateParams()
     d = decide(params, 10.0, moved((1500, 800, 1520, 840)), [], 9.9, (1920, 1080), 416)
     assert d.reason is Reason.MOTION
-    assert d.region is not None and d.region.x1 <= 1500 and d.region.x2 >= 1520
+    assert d.region is not None
+    assert d.region.x1 <= 1500
+    assert d.region.x2 >= 1520
     d = decide(params, 10.0, STILL, [], -30.0, (1920, 1080), 416)
-    assert d.reason is Reason.REFRESH and d.region is None
+    assert d.reason is Reason.REFRESH
+    assert d.region is None
     no_regions = GateParams(regions=False)
     d = decide(no_regions, 10.0, moved((1500, 800, 1520, 840)), [], 9.9, (1920, 1080), 416)
-    assert d.run and d.region is None
+    assert d.run
+    assert d.region is None
