@@ -27,6 +27,7 @@ test: setup-tests
 
 bench: setup
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.light
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results
