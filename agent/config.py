@@ -111,7 +111,7 @@ class MotionConfig(Section):
         "of normalised [x, y] points, e.g. [[[0, 0], [0.3, 0], [0.3, 0.2]]].",
     )
     confirm_interval_s: float = Field(
-        1.0, gt=0,
+        1.5, gt=0,
         description="While objects are tracked and nothing new moves, detect this often to keep "
         "them (must be below events.end_timeout_s).",
     )  # fmt: skip

@@ -5,7 +5,8 @@ the last detection run. The detector runs when
 
 - ``start``: it never ran yet;
 - ``motion``: something moved that no confirmed track explains (motion mostly outside every
-  confirmed track's box grown by ``track_margin``): a new object may have come in;
+  box, grown by ``track_margin``, of a confirmed track seen in the last ``explains_s``): a new
+  object may have come in, or a tracked one is leaving;
 - ``tentative``: a track is not confirmed yet: confirm (or drop) it at the full rate;
 - ``confirm``: confirmed tracks exist and ``confirm_interval_s`` passed since the last run,
   so an object that stands still for minutes stays one event, neither lost nor found again;
@@ -38,10 +39,11 @@ class Reason(str, enum.Enum):
 class GateParams:
     """Every threshold of the gate (see the module docstring)."""
 
-    confirm_interval_s: float = 1.0
+    confirm_interval_s: float = 1.5
     refresh_interval_s: float = 30.0
     track_margin: float = 0.5
     explained: float = 0.6
+    explains_s: float = 2.0
     regions: bool = True
     region_pad: float = 0.25
     region_max_area: float = 0.4
@@ -80,9 +82,17 @@ def covered(box: BoxPx, by: Sequence[BoxPx]) -> float:
     return best
 
 
-def unexplained(motion: Sequence[BoxPx], tracks: Sequence[Track], params: GateParams) -> bool:
-    """Whether some motion is not mostly inside a (grown) confirmed track's box."""
-    boxes = [grow(t.box, params.track_margin) for t in tracks if t.confirmed]
+def unexplained(
+    motion: Sequence[BoxPx], tracks: Sequence[Track], params: GateParams, ts: float
+) -> bool:
+    """Whether some motion is not mostly inside the (grown) box of a confirmed track seen in the
+    last ``explains_s`` (a track missed for longer explains nothing: it may be leaving, or
+    someone else may be coming in where it was)."""
+    boxes = [
+        grow(t.box, params.track_margin)
+        for t in tracks
+        if t.confirmed and ts - t.last_ts <= params.explains_s
+    ]
     return any(covered(m, boxes) < params.explained for m in motion)
 
 
@@ -96,7 +106,7 @@ def reason(
     """Why the detector should run at ``ts``, or None to skip (see the module docstring)."""
     if last_run_ts is None:
         return Reason.START
-    if motion.motion and unexplained(motion.boxes, tracks, params):
+    if motion.motion and unexplained(motion.boxes, tracks, params, ts):
         return Reason.MOTION
     if any(not t.confirmed for t in tracks):
         return Reason.TENTATIVE
@@ -149,6 +159,7 @@ class MotionGate:
         )  # fmt: skip
         params = GateParams(
             confirm_interval_s=cfg.confirm_interval_s, refresh_interval_s=cfg.refresh_interval_s,
+            explains_s=max(2.0, cfg.confirm_interval_s + 0.5),
             regions=cfg.regions, region_max_area=cfg.region_max_area,
         )  # fmt: skip
         return cls(MotionDetector(motion), params, min_side)

@@ -104,6 +104,7 @@ class Tracker:
         max_lost_s: float,
         tentative_lost_s: float = 1.0,
         max_centre_jump: float = 0.6,
+        centre_gap_s: float = 2.0,
         groups: dict[str, str] | None = None,
     ) -> None:
         self.iou_match = iou_match
@@ -111,6 +112,7 @@ class Tracker:
         self.max_lost_s = max_lost_s
         self.tentative_lost_s = min(tentative_lost_s, max_lost_s)
         self.max_centre_jump = max_centre_jump
+        self.centre_gap_s = centre_gap_s
         self.groups = groups if groups is not None else {"bus": "car", "truck": "car"}
         self._tracks: list[_State] = []
         self._next_id = 1
@@ -140,7 +142,10 @@ class Tracker:
         boxes = dets.xyxy[d_idx].astype(np.float64)
         t_boxes = np.array([s.box for s in tracks]).reshape(-1, 4)
         pairs, t_left, d_left = greedy_match(iou_matrix(t_boxes, boxes), self.iou_match)
-        if t_left and d_left:  # fallback: nearest centre among what IoU left unmatched
+        # fallback: nearest centre among what IoU left unmatched, for tracks seen recently
+        # (a jump between two detections, not someone new where another was seconds ago)
+        t_left = {r for r in t_left if t - tracks[r].last_ts <= self.centre_gap_s}
+        if t_left and d_left:
             tl, dl = sorted(t_left), sorted(d_left)
             closeness = -centre_distance(t_boxes[tl], boxes[dl])
             extra, _, _ = greedy_match(closeness, -self.max_centre_jump)

@@ -165,6 +165,8 @@ def test_heartbeats_report_the_pipeline(full_run):
     assert "soc_temp_c" in hb["system"]
     (cam,) = hb["cameras"]
     assert cam["id"] == "door"
+    assert isinstance(cam["skipped_no_motion"], int)  # the motion gate and the shared detector
+    assert isinstance(cam["dropped_busy"], int)
     busy = [b["cameras"][0] for b in beats if b["cameras"][0]["inference_ms_p50"] is not None]
     assert busy
     assert max(c["fps_detected"] for c in busy) > 0

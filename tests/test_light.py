@@ -23,6 +23,7 @@ from agent.gate import MotionGate
 from agent.metrics import PipelineCounters
 from agent.pipeline import CameraPipeline, CameraWorker
 from agent.tracker import Tracker
+from bench.light_agent import max_runs_per_s
 from bench.regions import compare_regions
 from tests.conftest import MEDIA, MODELS
 from tests.fakes import ListSink
@@ -217,3 +218,16 @@ def test_regions_find_people_the_whole_frame_misses():
     r = compare_regions(MODEL, MEDIA / "ozlu_pedestrian_survaillance.mp4", max_frames=120)
     assert r["regions_compared"] >= 20
     assert r["people_found_by_region"] > r["people_found_by_whole_frame"]
+
+
+@pytest.mark.parametrize(
+    ("starts", "expected"),
+    [
+        ([], 0),
+        ([0.0], 1),
+        ([0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 7 / 6], 6),
+        ([0.0, 0.1, 0.2, 1.5], 3),
+    ],
+)
+def test_max_runs_in_any_second(starts, expected):
+    assert max_runs_per_s(starts) == expected

@@ -118,8 +118,8 @@ def test_region_for(boxes, frame, min_side, expected):
     assert region_for(boxes, frame, min_side) == expected
 
 
-def track(box, confirmed=True) -> Track:
-    return Track(1, "person", box, 0.9, 0.0, 1.0, 3 if confirmed else 1, confirmed, True)
+def track(box, confirmed=True, last_ts=9.9) -> Track:
+    return Track(1, "person", box, 0.9, 0.0, last_ts, 3 if confirmed else 1, confirmed, True)
 
 
 def moved(*boxes) -> MotionResult:
@@ -138,10 +138,12 @@ PERSON = (100.0, 100.0, 200.0, 300.0)
         (STILL, [], 10.0 - 30.0, Reason.REFRESH),
         (moved((500, 100, 540, 180)), [], 9.9, Reason.MOTION),
         (moved((120, 150, 180, 250)), [track(PERSON)], 9.9, None),  # explained by the track
-        (moved((120, 150, 180, 250)), [track(PERSON)], 9.0, Reason.CONFIRM),
+        (moved((120, 150, 180, 250)), [track(PERSON)], 8.0, Reason.CONFIRM),
+        # a track unseen for 3 s explains nothing: it may be leaving, someone may come in
+        (moved((120, 150, 180, 250)), [track(PERSON, last_ts=7.0)], 9.9, Reason.MOTION),
         (moved((500, 100, 540, 180)), [track(PERSON)], 9.9, Reason.MOTION),  # something new
-        (STILL, [track(PERSON)], 9.5, None),
-        (STILL, [track(PERSON)], 9.0, Reason.CONFIRM),  # standing still: still confirmed
+        (STILL, [track(PERSON)], 9.0, None),
+        (STILL, [track(PERSON)], 8.5, Reason.CONFIRM),  # standing still: still confirmed
         (STILL, [track(PERSON, confirmed=False)], 9.9, Reason.TENTATIVE),
     ],
 )
