@@ -32,7 +32,9 @@ CLIP = MEDIA / "one-by-one-person-detection.mp4"
 MODEL = MODELS / "yolox_nano_416.onnx"
 
 
-def make_pipeline(detector, *, gated: bool, wait: bool = True, camera: str = "cam"):
+def make_pipeline(
+    detector, *, gated: bool, wait: bool = True, camera: str = "cam", detect_fps: float = 5.0
+):
     ev = EventsConfig()
     sink = ListSink()
     gate = MotionGate.from_config(MotionConfig(), min(detector.input_size)) if gated else None
@@ -41,7 +43,7 @@ def make_pipeline(detector, *, gated: bool, wait: bool = True, camera: str = "ca
         Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s),
         EventBuilder(camera, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
                      snapshot_gain=ev.snapshot_gain),
-        sink, PipelineCounters(), detect_fps=5.0, gate=gate, wait=wait,
+        sink, PipelineCounters(), detect_fps=detect_fps, gate=gate, wait=wait,
     )  # fmt: skip
     return p, sink
 
@@ -103,6 +105,16 @@ def test_the_gate_keeps_the_six_visits_with_three_times_fewer_detector_runs():
         e.event.start_ts for e in plain_sink.emissions if e.event.type.value == "new"
     )
     assert np.allclose(starts, plain_starts, atol=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detect_fps", [1.0, 1.5])
+def test_the_gate_keeps_the_six_visits_at_a_budget_rate(detect_fps):
+    """About what each of four cameras gets from a Pi 4's detector (max_fps 6)."""
+    p, sink = make_pipeline(load_detector(DetectorConfig(model=MODEL)), gated=True,
+                            detect_fps=detect_fps)  # fmt: skip
+    play(p, clip_frames())
+    assert_six_person_visits(sink)
 
 
 def test_a_static_scene_with_a_light_change_almost_never_runs_the_detector():
