@@ -17,6 +17,7 @@ from typing import Protocol
 import psutil
 
 from agent.codec import HEARTBEAT_SCHEMA, encode_dataclass
+from agent.liveness import NULL_BEAT, Beat
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class HeartbeatThread:
         self._qos = qos
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.progress: Beat = NULL_BEAT  # ticked every beat (agent.liveness)
         self.sent = 0
         self.skipped = 0
         self.errors = 0
@@ -170,6 +172,7 @@ class HeartbeatThread:
         next_at = time.monotonic()
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += self._interval_s
+            self.progress.tick(self._interval_s)
             try:
                 self.beat()
             except Exception:  # thread top: log, count, keep beating

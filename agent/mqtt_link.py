@@ -35,12 +35,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, read_secret
 from agent.errors import LinkError
+from agent.liveness import NULL_BEAT, Beat
 
 log = logging.getLogger(__name__)
 _paho_log = log.getChild("paho")
 
 _LOOP_S = 0.2
 _CONNACK_TIMEOUT_S = 10.0
+# one connection attempt may block this long: DNS (glibc: 2 tries x 3 servers x 5 s), TCP and
+# TLS (paho's 5 s each), then the CONNACK wait; declared to the liveness watch
+_CONNECT_BUDGET_S = 30.0 + 2 * 5.0 + _CONNACK_TIMEOUT_S
 _OFFLINE_ACK_TIMEOUT_S = 2.0
 _OWN_QUOTA = 2  # status messages of our own that may be in flight next to the publisher's
 
@@ -94,6 +98,7 @@ class MqttLink:
         self._offline: bytes | None = None
         self._thread: threading.Thread | None = None
         self._wakers: list[threading.Event] = []
+        self.progress: Beat = NULL_BEAT  # ticked by the link thread (agent.liveness)
         # set by the link thread; read anywhere
         self._connected = threading.Event()
         self._recv_max = 65535
@@ -264,6 +269,7 @@ class MqttLink:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            self.progress.tick(_LOOP_S if self._connected.is_set() else _CONNECT_BUDGET_S)
             try:
                 if self._connected.is_set():
                     self._service()
@@ -274,11 +280,13 @@ class MqttLink:
                         attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s, self._rng
                     )
                     attempt += 1
+                    self.progress.tick(delay)
                     self._stop.wait(delay)
             except Exception as exc:  # thread top: log, count, back off, go on
                 log.exception("mqtt link thread error")
                 self._last_error = f"link thread error: {exc!r}"
                 self._lose(MQTTErrorCode.MQTT_ERR_UNKNOWN)
+                self.progress.tick(self._cfg.reconnect_min_s)
                 self._stop.wait(self._cfg.reconnect_min_s)
         try:
             self._shutdown()

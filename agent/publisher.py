@@ -23,6 +23,7 @@ from typing import Protocol
 
 from agent.config import MqttConfig
 from agent.errors import AgentError, LinkError
+from agent.liveness import NULL_BEAT, Beat
 from agent.mqtt_link import PubAck
 from agent.outbox import Outbox, StoredMessage
 
@@ -89,6 +90,7 @@ class Publisher:
         link.add_waker(self._wake)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.progress: Beat = NULL_BEAT  # ticked every iteration (agent.liveness)
         # owned by the publisher thread
         self._inflight: dict[int, int] = {}  # mid -> rowid
         self._cursor = 0  # highest rowid handed to paho on this connection
@@ -133,6 +135,7 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.progress.tick(max(self._idle_s, 1.0))  # the idle wait or the error pause (1 s)
             self._wake.clear()
             try:
                 self.step()
