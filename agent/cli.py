@@ -53,6 +53,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--clip", type=Path, help="default: one-by-one-person-detection.mp4")
     demo.add_argument("--model", type=Path, help="default: yolox_nano_416.onnx in ../shared")
     demo.add_argument("--realtime", action="store_true", help="play at the clip's own speed")
+    dis = sub.add_parser("discover", help="find ONVIF cameras and print their RTSP URIs")
+    dis.add_argument(
+        "--user", help="camera user (ONVIF); the password comes from a file or a prompt"
+    )
+    dis.add_argument("--password-file", type=Path, help="file holding the camera password")
+    dis.add_argument(
+        "--interface", help="send the multicast probe from this interface or IPv4 address"
+    )
+    dis.add_argument("--address", help="probe this HOST[:PORT] by unicast instead of multicast")
+    dis.add_argument("--device", action="append", default=[], metavar="URL",
+                     help="skip discovery: query this device service URL (repeatable)")  # fmt: skip
+    dis.add_argument("--scope", action="append", default=[],
+                     help="only cameras with this ONVIF scope (repeatable)")  # fmt: skip
+    dis.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for answers")
+    dis.add_argument("--json", action="store_true", help="JSON lines instead of text")
     return p
 
 
@@ -126,6 +141,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(clip=args.clip, model=args.model, realtime=args.realtime)
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from agent.discover_cmd import read_credentials, run_discover
+
+    return run_discover(
+        timeout=args.timeout, interface=args.interface, address=args.address,
+        devices=args.device, scopes=args.scope,
+        creds=read_credentials(args.user, args.password_file), as_json=args.json,
+        out=sys.stdout, err=sys.stderr,
+    )  # fmt: skip
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -133,6 +159,7 @@ COMMANDS = {
     "outbox": cmd_outbox,
     "tail": cmd_tail,
     "demo": cmd_demo,
+    "discover": cmd_discover,
 }
 
 
