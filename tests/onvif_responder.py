@@ -72,7 +72,7 @@ class OnvifCamera:
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 status, reply = camera.soap(self.path, body)
                 data = reply.encode()
@@ -200,7 +200,7 @@ class OnvifCamera:
             return False  # stale (checked against the camera's clock) or replayed
         self._nonces.add(nonce)
         raw = base64.b64decode(nonce) + created.encode() + self.password.encode()
-        expected = base64.b64encode(hashlib.sha1(raw).digest()).decode()  # noqa: S324 - the spec's
+        expected = base64.b64encode(hashlib.sha1(raw).digest()).decode()
         return user == self.user and digest == expected
 
     def _date_time(self) -> str:
