@@ -1,7 +1,7 @@
 """The agent as a systemd ``Type=notify`` service: READY, STATUS, WATCHDOG, STOPPING.
 
-:class:`Supervisor` runs one thread (only when ``$NOTIFY_SOCKET`` is set) that, every half
-``WatchdogSec`` (or every ``status_every_s`` without a watchdog):
+:class:`Supervisor` runs (only when ``$NOTIFY_SOCKET`` is set) a notifying thread that, every
+half ``WatchdogSec`` (or every ``status_every_s`` without a watchdog):
 
 - sends ``READY=1`` once, when every owned thread has ticked its :class:`~agent.liveness.Beat`
   at least once (the pipeline runs);
@@ -11,9 +11,14 @@
   capture read or publisher withholds the ping and systemd restarts the agent. An unreachable
   broker or an offline camera does not: their threads keep looping (reconnecting).
 
-:meth:`Supervisor.stopping` stops the thread and sends ``STOPPING=1``. A thread counts as
-stalled after its declared wait plus a grace of one ``WatchdogSec`` (``default_grace_s``
-without a watchdog).
+The notifying thread reads only the beats and a cached status text: it never calls into the
+components it judges, so a component hung while holding a lock cannot silence the verdict
+(the log line and ``STATUS=...; stalled: ...``). A second thread refreshes the cached text
+with ``describe()``, which may block on such a lock.
+
+:meth:`Supervisor.stopping` stops the notifying thread and sends ``STOPPING=1``. A thread
+counts as stalled after its declared wait plus a grace of one ``WatchdogSec``
+(``default_grace_s`` without a watchdog).
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = False
+        self._base = "state not known yet"  # the latest describe(), from the status thread
         self._status: str | None = None
         self._stalled: tuple[str, ...] = ()
         self._pings = 0
@@ -117,8 +123,10 @@ class Supervisor:
         return self._watchdog_s / 2
 
     def start(self) -> None:
-        """Start the notifying thread (not under systemd: nothing to do)."""
+        """Start the notifying and status threads (not under systemd: nothing to do)."""
         if self.notifier.enabled and self._thread is None:
+            status = threading.Thread(target=self._refresh_loop, name="systemd-status", daemon=True)
+            status.start()  # never joined: it may be stuck behind a hung component
             self._thread = threading.Thread(target=self._run, name="systemd-notify", daemon=True)
             self._thread.start()
 
@@ -140,8 +148,18 @@ class Supervisor:
             watchdog_s=self._watchdog_s,
         )
 
+    def refresh(self) -> None:
+        """Refresh the cached status text (the status thread; may block on a component)."""
+        try:
+            self._base = self._describe()
+        except Exception:  # the status is a nicety: never let it break the thread
+            log.exception("cannot describe the agent's state")
+            self._base = "state unknown"
+
     def step(self) -> None:
-        """One round: READY once started, STATUS on change, WATCHDOG while healthy."""
+        """One round: READY once started, STATUS on change, WATCHDOG while healthy.
+
+        Reads only the beats and the cached status text: it cannot block on a component."""
         check = self.liveness.check()
         self._note_stalls(check)
         lines: list[str] = []
@@ -162,11 +180,7 @@ class Supervisor:
             self.notifier.notify("\n".join(lines))
 
     def _status_now(self, check: LivenessStats) -> str:
-        try:
-            base = self._describe()
-        except Exception:  # the status is a nicety: never let it stop the pings' logic
-            log.exception("cannot describe the agent's state")
-            base = "state unknown"
+        base = self._base
         if check.stalled:
             base += f"; stalled: {', '.join(check.stalled)}"
         elif not check.started:
@@ -193,3 +207,8 @@ class Supervisor:
                 log.exception("systemd notification failed")
             if self._stop.wait(self.period_s if self._ready else min(0.1, self.period_s)):
                 return
+
+    def _refresh_loop(self) -> None:
+        self.refresh()
+        while not self._stop.wait(min(self.period_s, self._status_every_s)):
+            self.refresh()

@@ -4,6 +4,7 @@ clock and a fake notifier, the real notifier against real ``AF_UNIX`` datagram s
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,12 @@ def test_a_thread_that_died_without_retiring_is_dead():
     assert check.beats[0].state == "dead"
 
 
+def step(sup: Supervisor) -> None:
+    """What the two threads do in one period: refresh the status text, then notify."""
+    sup.refresh()
+    sup.step()
+
+
 def make_supervisor(watchdog_s: float | None = 10.0):
     clock = FakeClock()
     live = Liveness(grace_s=watchdog_s or 30.0, clock=clock.monotonic)
@@ -136,17 +143,17 @@ def test_ready_once_every_thread_ticked_then_pings_while_healthy():
     sup, live, notifier, _clock, state = make_supervisor()
     worker, link = live.beat("worker-door"), live.beat("mqtt-link")
     worker.tick()
-    sup.step()
+    step(sup)
     assert notifier.take() == ["STATUS=starting; 1/1 camera online, outbox 0, mqtt connected"]
     link.tick()
-    sup.step()
+    step(sup)
     assert notifier.take() == [
         "READY=1", "STATUS=1/1 camera online, outbox 0, mqtt connected", "WATCHDOG=1",
     ]  # fmt: skip
-    sup.step()  # nothing changed: a ping only
+    step(sup)  # nothing changed: a ping only
     assert notifier.take() == ["WATCHDOG=1"]
     state["line"] = "1/1 camera online, outbox 3, mqtt disconnected"
-    sup.step()
+    step(sup)
     assert notifier.take() == [
         "STATUS=1/1 camera online, outbox 3, mqtt disconnected",
         "WATCHDOG=1",
@@ -159,12 +166,12 @@ def test_a_stalled_thread_withholds_pings_until_it_moves_again():
     worker, publisher = live.beat("worker-door"), live.beat("publisher")
     worker.tick(1.0)
     publisher.tick(1.0)
-    sup.step()
+    step(sup)
     notifier.take()
     for _ in range(3):  # the publisher hangs; the worker goes on
         clock.advance(5.0)
         worker.tick(1.0)
-        sup.step()
+        step(sup)
     assert notifier.take() == [
         "WATCHDOG=1",  # 5 s silent: within 1 s + 10 s
         "WATCHDOG=1",  # 10 s
@@ -172,10 +179,10 @@ def test_a_stalled_thread_withholds_pings_until_it_moves_again():
     ]
     clock.advance(5.0)
     worker.tick(1.0)
-    sup.step()
+    step(sup)
     assert notifier.take() == []
     publisher.tick(1.0)
-    sup.step()
+    step(sup)
     assert notifier.take() == ["STATUS=1/1 camera online, outbox 0, mqtt connected", "WATCHDOG=1"]
     stats = sup.stats()
     assert (stats.pings, stats.withheld, stats.stalled) == (4, 2, ())
@@ -184,8 +191,8 @@ def test_a_stalled_thread_withholds_pings_until_it_moves_again():
 def test_no_watchdog_no_pings_but_ready_status_and_stopping():
     sup, live, notifier, _clock, _ = make_supervisor(watchdog_s=None)
     live.beat("heartbeat").tick()
-    sup.step()
-    sup.step()
+    step(sup)
+    step(sup)
     sup.stopping()
     assert notifier.assignments() == [
         "READY=1",
@@ -205,8 +212,48 @@ def test_a_failing_status_does_not_stop_the_pings():
 
     sup = Supervisor(notifier, live, broken, watchdog_s=10.0)
     live.beat("publisher").tick()
-    sup.step()
+    step(sup)
     assert notifier.take() == ["READY=1", "STATUS=state unknown", "WATCHDOG=1"]
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_component_hung_under_describe_cannot_silence_the_verdict():
+    """The status text needs the outbox, whose lock a hung worker holds: the notifying thread
+    still withholds the pings and says which thread stalled (real threads, short watchdog)."""
+    live = Liveness(grace_s=0.5)
+    hung, release = threading.Event(), threading.Event()
+
+    def describe() -> str:
+        if hung.is_set():
+            release.wait(30)  # blocked behind the hung component
+        return "1/1 camera online, outbox 0, mqtt connected"
+
+    notifier = FakeNotifier()
+    sup = Supervisor(notifier, live, describe, watchdog_s=0.5)
+    worker = live.beat("worker-door")
+    worker.tick()
+    sup.start()
+    try:
+        healthy = "STATUS=1/1 camera online, outbox 0, mqtt connected"
+        assert wait_until(lambda: worker.tick() or healthy in notifier.assignments())
+        hung.set()  # the worker hangs holding the lock describe() needs: no more ticks
+        stalled = healthy + "; stalled: worker-door"
+        assert wait_until(lambda: stalled in notifier.assignments())
+    finally:
+        release.set()
+        sup.stopping()
+    lines = notifier.assignments()
+    assert lines[0] == "READY=1"
+    assert "WATCHDOG=1" not in lines[lines.index(stalled) :]
+    assert sup.stats().stalled == ("worker-door",)
 
 
 def test_not_under_systemd_nothing_runs():
