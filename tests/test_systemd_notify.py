@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,3 +165,81 @@ def test_a_stuck_capture_read_withholds_the_watchdog_ping(tmp_path, broker, fifo
     assert "STOPPING=1" in sock.lines[stalled:]
     log = (tmp_path / "agent.log").read_text()
     assert "no progress from capture-fifo" in log
+
+
+class Disk:
+    """A small ext4 filesystem of our own, loop-mounted, that can be frozen (``fsfreeze``):
+    every write to it blocks until thawed, as on a dying SD card."""
+
+    def __init__(self, work: Path) -> None:
+        self.image, self.mount = work / "disk.img", work / "disk"
+        self.mount.mkdir()
+        with self.image.open("wb") as f:
+            f.truncate(64 * 1024 * 1024)
+        for cmd in (["mkfs.ext4", "-q", "-F", str(self.image)],
+                    ["mount", "-o", "loop", str(self.image), str(self.mount)]):  # fmt: skip
+            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if run.returncode != 0:
+                pytest.skip(f"cannot make a loop-mounted disk here: {run.stderr.strip()}")
+
+    def freeze(self) -> None:
+        subprocess.run(["fsfreeze", "-f", str(self.mount)], check=True)
+
+    def thaw(self) -> None:
+        subprocess.run(["fsfreeze", "-u", str(self.mount)], capture_output=True, check=False)
+
+    def remove(self) -> None:
+        self.thaw()
+        if subprocess.run(["umount", str(self.mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.mount)], check=False)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    if os.geteuid() != 0 or not all(map(shutil.which, ("mkfs.ext4", "fsfreeze", "mount"))):
+        pytest.skip("needs root, mkfs.ext4, mount and fsfreeze")
+    d = Disk(tmp_path)
+    try:
+        yield d
+    finally:
+        d.remove()  # thaw first: a process blocked on the frozen disk cannot even be killed
+
+
+@pytest.mark.slow
+def test_a_worker_stuck_on_a_frozen_disk_withholds_pings_until_it_moves(tmp_path, broker, disk):
+    """The outbox's disk stops taking writes: the camera worker (and whoever waits on the
+    outbox) stops making progress, pings stop; when the disk comes back, they resume."""
+    sock = NotifySocket(tmp_path / "notify.sock")
+    config = write_config(tmp_path, broker.port, realtime=False, loop=True)
+    cfg = json.loads(config.read_text())
+    cfg["outbox"]["path"] = str(disk.mount / "data" / "outbox.db")
+    config.write_text(json.dumps(cfg))
+    proc = start_agent(config, sock, tmp_path / "agent.log")
+    try:
+        assert sock.wait_for(lambda ls: "READY=1" in ls, 60), (tmp_path / "agent.log").read_text()
+        ready = sock.lines.index("READY=1")
+        assert sock.wait_for(lambda ls: len(indices(ls[ready:], "WATCHDOG=1")) >= 2, 15)
+
+        disk.freeze()
+        try:
+            stalled = sock.wait_line(lambda s: "stalled:" in s and "worker-door" in s, ready, 60)
+            assert stalled is not None, sock.lines
+            # four ping periods: pings would have shown up by now
+            assert not sock.wait_for(lambda ls: "WATCHDOG=1" in ls[stalled:], 4 * WATCHDOG_S / 2)
+        finally:
+            disk.thaw()
+        moving = sock.wait_line(lambda s: s.startswith("STATUS=") and "stalled" not in s,
+                                stalled, 30)  # fmt: skip
+        assert moving is not None, sock.lines
+        assert sock.wait_line(lambda s: s == "WATCHDOG=1", moving, 10) is not None
+        assert stop_agent(proc) == 0
+    finally:
+        disk.thaw()
+        proc.kill()
+        proc.wait()
+        sock.close()
+    lines = sock.lines
+    assert "WATCHDOG=1" not in lines[stalled:moving]
+    log = (tmp_path / "agent.log").read_text()
+    assert "no progress from" in log
+    assert "every thread is making progress again" in log
