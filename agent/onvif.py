@@ -217,7 +217,8 @@ def _scope_value(scopes: Sequence[str], key: str) -> str | None:
 def parse_probe_matches(data: bytes, message_id: str) -> list[Device]:
     """The devices in a ProbeMatches reply to ``message_id`` (other messages: none)."""
     root = parse_xml(data, "probe reply")
-    if _text(root.find("s:Header/a:RelatesTo", NS)) != message_id:
+    relates_to = _text(root.find("s:Header/a:RelatesTo", NS))
+    if relates_to is not None and relates_to != message_id:  # some cameras omit it
         return []
     devices = []
     for match in root.iterfind("s:Body/d:ProbeMatches/d:ProbeMatch", NS):
@@ -307,15 +308,10 @@ def discover(
     probe = probe_message(message_id, scopes)
     found: dict[str, Device] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        if address is None:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-            if interface is not None:
-                sock.setsockopt(
-                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
-                )
-                sock.bind((interface, 0))
         target = address or (MULTICAST_GROUP, DISCOVERY_PORT)
         try:
+            if address is None:
+                _multicast_from(sock, interface)
             for i in range(repeat):  # UDP may drop one; replies are merged by endpoint
                 if i:
                     time.sleep(0.1)
@@ -329,18 +325,30 @@ def discover(
                 data, sender = sock.recvfrom(MAX_DATAGRAM)
             except TimeoutError:
                 break
-            try:
-                devices = parse_probe_matches(data, message_id)
-            except OnvifError as exc:
-                log.debug("ignoring a reply from %s: %s", sender[0], exc)
+            except OSError as exc:  # e.g. an ICMP error for a unicast probe
+                log.debug("discovery: %s", exc)
                 continue
-            for dev in devices:
+            for dev in _devices_in(data, message_id, sender[0]):
                 old = found.get(dev.endpoint)
-                xaddrs = (
-                    dev.xaddrs if old is None else tuple(dict.fromkeys(old.xaddrs + dev.xaddrs))
-                )
-                found[dev.endpoint] = Device(dev.endpoint, xaddrs, dev.scopes)
+                xaddrs = dev.xaddrs if old is None else old.xaddrs + dev.xaddrs
+                found[dev.endpoint] = Device(dev.endpoint, tuple(dict.fromkeys(xaddrs)), dev.scopes)
     return list(found.values())
+
+
+def _multicast_from(sock: socket.socket, interface: str | None) -> None:
+    """Link-local multicast (TTL 1), from ``interface`` when given."""
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    if interface is not None:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        sock.bind((interface, 0))
+
+
+def _devices_in(data: bytes, message_id: str, sender: str) -> list[Device]:
+    try:
+        return parse_probe_matches(data, message_id)
+    except OnvifError as exc:
+        log.debug("ignoring a reply from %s: %s", sender, exc)
+        return []
 
 
 # -- I/O: SOAP ----------------------------------------------------------------------------------

@@ -147,6 +147,13 @@ def test_no_answer_exits_one(unicast_camera):
     assert "no ONVIF camera answered within 1.5 s" in run.stderr
 
 
+def test_an_address_not_on_this_host_is_a_clear_error():
+    run = discover("--interface", "192.0.2.1")  # TEST-NET-1: not ours
+    assert run.returncode == 1
+    assert "cannot send the discovery probe to 239.255.255.250" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
