@@ -13,13 +13,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from agent import __version__
-from agent.config import DetectorConfig, Settings, known_secrets, load_settings, preflight
+from agent.config import (
+    DetectorConfig,
+    MqttConfig,
+    Settings,
+    config_warnings,
+    known_secrets,
+    load_settings,
+    preflight,
+    validation_problems,
+)
 from agent.errors import AgentError, ConfigError, ModelError, OutboxError
 from agent.logs import setup_logging
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
 log = logging.getLogger("agent")
+# tail's TLS options and the mqtt.tls fields they set
+TAIL_TLS_OPTIONS = {
+    "--cafile": "ca_file",
+    "--cert": "cert_file",
+    "--key": "key_file",
+    "--key-password-file": "key_password_file",
+    "--tls-server-name": "server_name",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,11 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     box.add_argument("--config", type=Path, required=True)
     box.add_argument("--timeout", type=float, default=60.0, help="drain: give up after seconds")
     tail = sub.add_parser("tail", help="print what a commune server receives, as it arrives")
-    tail.add_argument("--host", default="127.0.0.1")
-    tail.add_argument("--port", type=int, default=1883)
-    tail.add_argument("--topic", default="camnet/#")
+    tail.add_argument("--config", type=Path, help="reuse the mqtt section of an agent config")
+    tail.add_argument("--host", help="default 127.0.0.1 (or the config's)")
+    tail.add_argument("--port", type=int, help="default 1883, 8883 with TLS (or the config's)")
+    tail.add_argument("--topic", help="default {topic_prefix}/#, i.e. camnet/#")
     tail.add_argument("--json", action="store_true", help="JSON lines instead of text")
     tail.add_argument("--snapshots", type=Path, help="save snapshot JPEGs in this folder")
+    tls = tail.add_argument_group("TLS (any of these turns TLS on) and credentials")
+    tls.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
+    for opt, field in TAIL_TLS_OPTIONS.items():
+        tls.add_argument(opt, dest=field, type=Path if field != "server_name" else str)
+    tls.add_argument("--username")
+    tls.add_argument("--password-file", type=Path)
     demo = sub.add_parser("demo", help="local broker + agent on a sample clip + live view")
     demo.add_argument("--clip", type=Path, help="default: one-by-one-person-detection.mp4")
     demo.add_argument("--model", type=Path, help="default: yolox_nano_416.onnx in ../shared")
@@ -68,7 +94,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for path, reason in exc.problems:
             print(f"{path}: {reason}", file=sys.stderr)
         return EXIT_CONFIG
-    problems = preflight(settings)
+    for path, reason in config_warnings(settings, args.file):
+        print(f"warning: {path}: {reason}", file=sys.stderr)
+    problems = preflight(settings)  # also builds the TLS context
     for path, reason in problems:
         print(f"{path}: {reason}", file=sys.stderr)
     if problems:
@@ -98,6 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _logging_for(settings)
+    for path, reason in config_warnings(settings, args.config):
+        log.warning("config: %s: %s", path, reason)
+    problems = preflight(settings)  # the same checks as check-config: exit 2, not a crash loop
+    if problems:
+        raise ConfigError(problems)
     return App(settings).run_until_done()
 
 
@@ -114,10 +147,38 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return EXIT_OK if left == 0 else EXIT_FAIL
 
 
+def tail_mqtt_config(args: argparse.Namespace) -> tuple[MqttConfig, str]:
+    """The broker connection for ``tail``: the config's mqtt section (``--config``), with any
+    command-line option overriding it; and the topic filter."""
+    settings = load_settings(args.config) if args.config is not None else None
+    base = settings.mqtt if settings is not None else MqttConfig()
+    tls_opts = {f: getattr(args, f) for f in TAIL_TLS_OPTIONS.values() if getattr(args, f)}
+    tls = {**base.tls.model_dump(exclude_unset=True), **tls_opts}
+    tls["enabled"] = base.tls.enabled or args.tls or bool(tls_opts)
+    if "key_password_file" in tls_opts:
+        tls.pop("key_password", None)
+    mqtt = base.model_dump(exclude_unset=True) | {"tls": tls}
+    given = {"host": args.host, "port": args.port, "username": args.username}
+    mqtt |= {k: v for k, v in given.items() if v is not None}
+    if args.password_file is not None:
+        mqtt.pop("password", None)
+        mqtt["password_file"] = args.password_file
+    if tls["enabled"] and args.port is None and "port" not in mqtt:
+        mqtt["port"] = 8883
+    try:
+        cfg = MqttConfig.model_validate(mqtt)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc, "tail")) from exc
+    topic = args.topic or f"{cfg.topic_prefix}/#"
+    return cfg, topic
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from agent.tail import tail
 
-    return tail(args.host, args.port, args.topic, as_json=args.json, snapshots=args.snapshots)
+    cfg, topic = tail_mqtt_config(args)
+    where = "mqtt" if args.config is not None else "tail"
+    return tail(cfg, topic, as_json=args.json, snapshots=args.snapshots, where=where)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
