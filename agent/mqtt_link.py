@@ -314,12 +314,15 @@ class MqttLink:
                     return self._refusal(reason)
                 self._up(recv_max)
                 return True
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # a TLS alert says why (client cert)
-                why = self._socket_error or rc.name
-                return self._failed_attempt(
-                    f"{host}:{port} closed the connection before CONNACK: {why}"
-                )
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return self._failed_attempt(self._closed_before_connack())
         return self._failed_attempt(f"no CONNACK from {host}:{port}")
+
+    def _closed_before_connack(self) -> str:
+        host, port, why = self._cfg.host, self._cfg.port, self._socket_error
+        if why is not None and " alert " in f" {why} ":  # the broker refused our certificate
+            return f"TLS handshake with {host}:{port} failed: the broker sent {why}"
+        return f"{host}:{port} closed the connection before CONNACK: {why or 'no reason given'}"
 
     def _up(self, recv_max: int) -> None:
         payload = self._online_payload()

@@ -193,7 +193,7 @@ def describe_tls_error(exc: BaseException) -> str:
     ``sslv3 alert certificate expired``, ``Hostname mismatch, certificate is not valid for
     'x'``: what a person fixing the box needs, without OpenSSL's source locations."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
+        return f"certificate verify failed: {str(exc.verify_message).rstrip('.')}"
     if isinstance(exc, ssl.SSLError):
         return describe_ssl_text(exc.strerror or str(exc)) or _reason(exc)
     return str(exc)

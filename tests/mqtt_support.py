@@ -120,7 +120,7 @@ class Received:
 
 class Subscriber:
     """A real paho client recording what it receives on ``topic_filter`` (QoS 1), over
-    ``tls`` when given.
+    ``tls`` and with ``auth`` (user name, password) when given.
 
     ``persistent`` keeps a broker-side session (clean_start False, 1 h expiry), so messages
     published while it is away (broker restart) are delivered when it comes back.
@@ -133,6 +133,7 @@ class Subscriber:
         *,
         persistent: bool = False,
         tls: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self._filter = topic_filter
         self._cond = threading.Condition()
@@ -149,6 +150,8 @@ class Subscriber:
         self._client.reconnect_delay_set(1, 1)
         if tls is not None:
             self._client.tls_set_context(tls)
+        if auth is not None:
+            self._client.username_pw_set(*auth)
         props = None
         if persistent:
             props = Properties(PacketTypes.CONNECT)
