@@ -177,8 +177,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from agent.tail import tail
 
     cfg, topic = tail_mqtt_config(args)
-    where = "mqtt" if args.config is not None else "tail"
-    return tail(cfg, topic, as_json=args.json, snapshots=args.snapshots, where=where)
+    if args.config is not None:
+        return tail(cfg, topic, as_json=args.json, snapshots=args.snapshots)
+    options = {f"tail.tls.{field}": opt for opt, field in TAIL_TLS_OPTIONS.items()}
+    options["tail.password_file"] = "--password-file"
+    try:
+        return tail(cfg, topic, as_json=args.json, snapshots=args.snapshots, where="tail")
+    except ConfigError as exc:  # name the option the user typed
+        raise ConfigError([(options.get(f, f), why) for f, why in exc.problems]) from exc
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

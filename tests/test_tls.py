@@ -322,6 +322,21 @@ def test_untrusted_broker_is_named_and_delivery_resumes_once_fixed(tmp_path, pki
         b.stop()
 
 
+def test_expired_broker_certificate_is_named(tmp_path, pki, agents):
+    stale = pki.ca.issue(BROKER_NAME, dns=(BROKER_NAME,), server=True, expired=True)
+    b = mtls_broker(tmp_path / "broker", pki, broker_cert=stale)
+    b.start()
+    try:
+        agent = agents(b.port, tls=pki.tls(pki.node))
+        agent.put(1)
+        assert wait_until(lambda: agent.link.status().last_error is not None, 10)
+        why = str(agent.link.status().last_error)
+        assert why.endswith("failed: certificate verify failed: certificate has expired")
+        assert agent.outbox.stats().depth == 1
+    finally:
+        b.stop()
+
+
 @pytest.mark.parametrize(
     ("server_name", "why"),
     [
@@ -508,3 +523,13 @@ def test_tail_takes_the_agents_mqtt_section_and_options_override_it(tmp_path, pk
     assert (plain.port, plain.tls.enabled) == (1883, False)
     tls_only = tail_mqtt_config(_parser().parse_args(["tail", "--cafile", str(pki.ca.cert)]))[0]
     assert (tls_only.port, tls_only.tls.enabled) == (8883, True)
+
+
+def test_tail_names_the_bad_option(tmp_path, pki, capsys):
+    bad = junk(tmp_path / "ca.pem")
+    assert main(["tail", "--cafile", str(bad), "--port", "1"]) == 2
+    assert f"--cafile: no PEM certificate in {bad}" in capsys.readouterr().err
+    args = ["tail", "--cafile", str(pki.ca.cert), "--cert", str(pki.node.cert),
+            "--key", str(pki.server.key)]  # fmt: skip
+    assert main(args) == 2
+    assert "--key: the private key does not match the certificate" in capsys.readouterr().err
