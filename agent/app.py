@@ -284,6 +284,21 @@ def outbox_stats(settings: Settings) -> dict[str, object]:
         outbox.close()
 
 
+def dead_letters(settings: Settings, action: str, ids: list[int] | None) -> list[dict[str, object]]:
+    """``edge-agent outbox dead-letters list|requeue|purge``: one dict per line to print."""
+    outbox = Outbox.open(settings.outbox)
+    try:
+        if action == "list":
+            return [dataclasses.asdict(d) for d in outbox.dead_letters()]
+        if action == "requeue":
+            return [{"requeued": outbox.requeue_dead_letters(ids)}]
+        if action == "purge":
+            return [{"purged": outbox.purge_dead_letters(ids)}]
+        raise ValueError(f"unknown dead-letters action {action!r}")
+    finally:
+        outbox.close()
+
+
 def drain_outbox(settings: Settings, *, timeout: float) -> int:
     """``edge-agent outbox drain``: deliver what is queued; the number of messages left.
 
