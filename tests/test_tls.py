@@ -26,6 +26,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from agent.cli import _parser, main, tail_mqtt_config
+from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
 from agent.errors import ConfigError
 from agent.mqtt_link import MqttLink
@@ -38,6 +39,7 @@ from tests.tls_support import BROKER_NAME, Ca, Issued
 
 COMMUNE, NODE = "c1", "n1"
 BASE = f"camnet/{COMMUNE}/{NODE}"
+TOPICS = Topics("camnet", COMMUNE, NODE)
 OFFLINE = b'{"state":"offline"}'
 ACL = f"""user commune-server
 topic read camnet/#
@@ -137,7 +139,7 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
         cfg = MqttConfig(port=port, reconnect_min_s=0.05, reconnect_max_s=0.3, **mqtt)
         box = Outbox.open(OutboxConfig(path=tmp_path / outbox))
         link = MqttLink(cfg, BASE, f"edge-{NODE}", OFFLINE, online)
-        agent = Agent(box, link, Publisher(box, link, cfg))
+        agent = Agent(box, link, Publisher(box, link, cfg, TOPICS))
         link.start()
         agent.publisher.start()
         made.append(agent)
@@ -366,9 +368,14 @@ def test_node_cannot_publish_as_another_node(broker_mtls, pki, agents):
     try:
         agent = agents(broker_mtls.port, tls=pki.tls(n2))
         assert agent.link.wait_connected(10), agent.link.status().last_error
-        agent.put(1)
-        assert wait_until(lambda: agent.outbox.stats().dead_letters == 1, 30)
-        assert agent.publisher.stats().dead_letters == 1
+        sent = agent.put(1)
+        assert wait_until(lambda: agent.publisher.stats().dead_letters == 1, 30)
+        assert agent.outbox.stats().dead_letters == 1  # the count that survives restarts
+        assert agent.publisher.stats().refused == MqttConfig().refused_retries  # then given up
+        [dead] = agent.outbox.dead_letters()
+        assert (dead.msg_id, dead.topic) == (sent, f"{BASE}/events")
+        assert "Not authorized" in dead.reason
+        assert "0x87" in dead.reason  # v5 reason code 135
         assert agent.outbox.stats().depth == 0
         status = agent.link.status()
         assert (status.connects, status.disconnects) == (1, 0)
