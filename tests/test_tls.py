@@ -220,6 +220,20 @@ def test_good_material_builds_one_strict_context(tmp_path, pki):
 
 
 @pytest.mark.parametrize(
+    ("pinned", "host", "expected"),
+    [
+        (BROKER_NAME, "127.0.0.1", BROKER_NAME),  # what paho passes is replaced
+        (BROKER_NAME, None, BROKER_NAME),
+        (None, "broker.example", "broker.example"),  # nothing pinned: the host as given
+    ],
+)
+def test_pinned_context_substitutes_the_name_it_checks(pki, pinned, host, expected):
+    ctx = build_context(pki.tls(server_name=pinned))
+    tls_object = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=host)
+    assert tls_object.server_hostname == expected
+
+
+@pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"verify_hostname": False}, "server_name"),
@@ -250,11 +264,19 @@ def test_mutual_tls_delivers_an_event_to_a_real_subscriber(broker_mtls, pki, age
         sub.close()
 
 
-def test_client_without_certificate_cannot_connect(broker_mtls, pki, agents, caplog):
-    with caplog.at_level(logging.WARNING, logger="agent.mqtt_link"):
-        agent = agents(broker_mtls.port, tls=pki.tls())  # trusts the broker, has no cert
-        agent.put(1)
-        assert wait_until(lambda: "certificate required" in str(agent.link.status().last_error), 10)
+@pytest.mark.parametrize(
+    ("client", "why"),
+    [
+        ("none", "alert certificate required"),  # OpenSSL's names for TLS alerts
+        ("from another CA", "alert unknown ca"),
+    ],
+)
+def test_client_without_a_valid_certificate_cannot_connect(broker_mtls, pki, agents, client, why):
+    cert = None if client == "none" else pki.other_ca.issue(NODE)
+    agent = agents(broker_mtls.port, tls=pki.tls(cert))  # trusts the broker
+    agent.put(1)
+    assert wait_until(lambda: why in str(agent.link.status().last_error), 10)
+    assert "TLS handshake with 127.0.0.1" in str(agent.link.status().last_error)
     assert not agent.link.connected
     assert agent.link.status().connects == 0
     assert agent.outbox.stats().depth == 1
