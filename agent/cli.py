@@ -75,12 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--topic", help="default {topic_prefix}/#, i.e. camnet/#")
     tail.add_argument("--json", action="store_true", help="JSON lines instead of text")
     tail.add_argument("--snapshots", type=Path, help="save snapshot JPEGs in this folder")
-    tls = tail.add_argument_group("TLS (any of these turns TLS on) and credentials")
+    tls = tail.add_argument_group("TLS (--tls or any TLS option turns it on) and credentials")
     tls.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
+    helps = {
+        "ca_file": "CA that signed the broker's certificate (PEM)",
+        "cert_file": "client certificate (PEM) for mutual TLS",
+        "key_file": "its private key (PEM)",
+        "key_password_file": "file holding the password of an encrypted key",
+        "server_name": "the name the broker's certificate carries, if not --host",
+    }
     for opt, field in TAIL_TLS_OPTIONS.items():
-        tls.add_argument(opt, dest=field, type=Path if field != "server_name" else str)
-    tls.add_argument("--username")
-    tls.add_argument("--password-file", type=Path)
+        kind = Path if field != "server_name" else str
+        tls.add_argument(opt, dest=field, type=kind, metavar="NAME" if kind is str else "FILE",
+                         help=helps[field])  # fmt: skip
+    tls.add_argument("--username", help="MQTT user name (with --password-file)")
+    tls.add_argument("--password-file", type=Path, metavar="FILE", help="file holding the password")
     demo = sub.add_parser("demo", help="local broker + agent on a sample clip + live view")
     demo.add_argument("--clip", type=Path, help="default: one-by-one-person-detection.mp4")
     demo.add_argument("--model", type=Path, help="default: yolox_nano_416.onnx in ../shared")

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, read_secret
-from agent.tls import build_context, describe_tls_error
+from agent.tls import build_context, describe_ssl_text, describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class Tail:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self.subscribed.set()
         self._client.on_message = self._on_message
+        self._client.on_log = self._on_log
+        self._socket_error: str | None = None
         if tls is not None:
             self._client.tls_set_context(tls)
         if username is not None:
@@ -146,6 +148,10 @@ class Tail:
         line = (_json_line if self.as_json else format_message)(msg.topic, payload, msg.retain)
         self.out(line)
 
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and "on socket: " in buf:  # e.g. a TLS alert
+            self._socket_error = describe_ssl_text(buf.split("on socket: ", 1)[1])
+
     def _report(self, why: str) -> None:
         self.last_error = why
         if why not in self._reported:
@@ -153,6 +159,7 @@ class Tail:
             log.warning("tail: %s:%d: %s; retrying", self._host, self._port, why)
 
     def _connect_once(self) -> None:
+        self._socket_error = None  # connect() may already write, and fail
         try:
             self._client.connect(self._host, self._port, keepalive=30)
         except ssl.SSLError as exc:
@@ -163,7 +170,8 @@ class Tail:
             return
         while not self._stop.is_set():
             if self._client.loop(0.2) != mqtt.MQTT_ERR_SUCCESS:
-                self._report("connection lost" if self.subscribed.is_set() else "connection closed")
+                what = "connection lost" if self.subscribed.is_set() else "connection closed"
+                self._report(f"{what}: {self._socket_error or 'no reason given'}")
                 return
 
     def _run(self) -> None:
