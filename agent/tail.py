@@ -120,6 +120,8 @@ class Tail:
         self._client.on_subscribe = lambda *_a: self.subscribed.set()
         self._client.on_message = self._on_message
         self._client.on_log = self._on_log
+        # only loop() writes (not connect()): a broker's TLS alert is then read, not lost
+        self._client.on_socket_register_write = lambda *_a: None
         self._socket_error: str | None = None
         if tls is not None:
             self._client.tls_set_context(tls)
@@ -159,7 +161,7 @@ class Tail:
             log.warning("tail: %s:%d: %s; retrying", self._host, self._port, why)
 
     def _connect_once(self) -> None:
-        self._socket_error = None  # connect() may already write, and fail
+        self._socket_error = None
         try:
             self._client.connect(self._host, self._port, keepalive=30)
         except ssl.SSLError as exc:

@@ -32,6 +32,7 @@ from agent.errors import ConfigError
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox, OutMessage
 from agent.publisher import Publisher
+from agent.tail import Tail
 from agent.tls import build_context
 from tests.conftest import MODELS
 from tests.mqtt_support import BrokerTls, Mosquitto, Subscriber
@@ -569,3 +570,23 @@ def test_tail_names_the_bad_option(tmp_path, pki, capsys):
             "--key", str(pki.server.key)]  # fmt: skip
     assert main(args) == 2
     assert "--key: the private key does not match the certificate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("no client certificate", "connection closed: tlsv13 alert certificate required"),
+        ("wrong pinned name", "TLS handshake failed: certificate verify failed: Hostname mismatch"),
+    ],
+)
+def test_tail_names_why_it_cannot_connect(broker_mtls, pki, caplog, case, why):
+    tls = pki.tls() if case == "no client certificate" else pki.tls(pki.server, server_name="x.lan")
+    t = Tail("127.0.0.1", broker_mtls.port, "camnet/#", lambda _line: None, tls=build_context(tls))
+    with caplog.at_level(logging.WARNING, logger="agent.tail"):
+        t.start()
+        try:
+            assert wait_until(lambda: str(t.last_error).startswith(why), 10)
+        finally:
+            t.stop()
+    assert not t.subscribed.is_set()
+    assert warnings_with(caplog, why)
