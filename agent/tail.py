@@ -184,7 +184,8 @@ class Tail:
                 delay = 0.25
             self._stop.wait(delay)
             delay = min(delay * 2, 10.0)
-        self._client.disconnect()
+        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+            self._client.loop(0.1)  # write the DISCONNECT (only loop() writes)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tail", daemon=True)
