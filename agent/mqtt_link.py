@@ -362,7 +362,7 @@ class MqttLink:
         self._wake()
 
     def _failed_attempt(self, why: str) -> bool:
-        """Count-free: logged once per distinct reason until the next successful connect."""
+        """Record why; logged once per distinct reason until the next successful connect."""
         if why not in self._reasons_logged:
             self._reasons_logged.add(why)
             log.warning("mqtt %s; retrying with backoff", why)
