@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.localbroker import free_port
 from tests.conftest import MEDIA, MODELS
 from tests.mqtt_support import Mosquitto
 from tests.notify_support import NotifySocket
@@ -243,3 +244,23 @@ def test_a_worker_stuck_on_a_frozen_disk_withholds_pings_until_it_moves(tmp_path
     log = (tmp_path / "agent.log").read_text()
     assert "no progress from" in log
     assert "every thread is making progress again" in log
+
+
+def test_ready_and_pings_without_a_broker(tmp_path):
+    """A box that boots while the commune broker is unreachable must still come up (and
+    queue its events): READY and the pings do not wait for MQTT."""
+    sock = NotifySocket()
+    config = write_config(tmp_path, free_port(), realtime=True, loop=True)
+    proc = start_agent(config, sock, tmp_path / "agent.log")
+    try:
+        assert sock.wait_for(lambda ls: "READY=1" in ls, 60), (tmp_path / "agent.log").read_text()
+        ready = sock.lines.index("READY=1")
+        assert sock.wait_for(lambda ls: len(indices(ls[ready:], "WATCHDOG=1")) >= 2, 15)
+        assert stop_agent(proc) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        sock.close()
+    statuses = [s for s in sock.lines if s.startswith("STATUS=") and "camera" in s]
+    assert statuses
+    assert all("mqtt disconnected" in s for s in statuses)
