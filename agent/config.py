@@ -30,6 +30,12 @@ from pydantic_settings import (
 
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
+from agent.models import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_MODEL_FILE,
+    default_model_dir,
+    missing_model_hint,
+)
 from agent.redact import source_secrets
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
@@ -119,7 +125,16 @@ Family = Literal["auto", "yolox", "picodet", "nanodet", "yolov5", "yolov8"]
 
 
 class DetectorConfig(Section):
-    model: Path = Field(Path("models/yolox_nano_416.onnx"), description="ONNX model file.")
+    model: Path = Field(
+        DEFAULT_MODEL_DIR / DEFAULT_MODEL_FILE,  # replaced by _default_model: model_dir wins
+        description="ONNX model file; default: the default model (yolox_nano_416.onnx) in "
+        "model_dir, where `edge-agent models fetch` installs it.",
+    )
+    model_dir: Path = Field(
+        default_factory=default_model_dir,
+        description="Directory of the installed models: $EDGE_AGENT_MODEL_DIR, else "
+        "/var/lib/edge-agent/models.",
+    )
     family: Family = Field("auto", description="Model family; auto detects it from the graph.")
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads.")
     spin: bool = Field(False, description="Let onnxruntime threads spin (burns CPU).")
@@ -131,6 +146,15 @@ class DetectorConfig(Section):
         default_factory=dict, description="Per-label minimum scores overriding min_score."
     )
     nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS suppresses.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        """No ``model``: the default model file in ``model_dir``."""
+        if isinstance(data, dict) and data.get("model") is None:
+            model_dir = data.get("model_dir") or default_model_dir()
+            return {**data, "model": Path(model_dir) / DEFAULT_MODEL_FILE}
+        return data
 
     @model_validator(mode="after")
     def _labels_known(self) -> DetectorConfig:
@@ -271,7 +295,10 @@ def preflight(settings: Settings) -> list[tuple[str, str]]:
     """Checks that need the disk: files the config names exist and are readable."""
     problems: list[tuple[str, str]] = []
     if not settings.detector.model.is_file():
-        problems.append(("detector.model", f"model file not found: {settings.detector.model}"))
+        model = settings.detector.model
+        problems.append(
+            ("detector.model", f"model file not found: {model}; {missing_model_hint(model)}")
+        )
     files = {
         "mqtt.password_file": settings.mqtt.password_file,
         "mqtt.tls.ca_file": settings.mqtt.tls.ca_file,
