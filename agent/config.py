@@ -109,8 +109,40 @@ class CameraConfig(Section):
     )
     open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
     read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
-    width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
-    height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+    width: int | None = Field(
+        None, gt=0, description="Frame width: required for GStreamer; ffmpeg scales to it."
+    )
+    height: int | None = Field(
+        None, gt=0, description="Frame height: required for GStreamer; ffmpeg scales to it."
+    )
+    decoder: Literal["opencv", "ffmpeg", "gstreamer"] = Field(
+        "opencv",
+        description="URL and file sources: decode in-process with OpenCV, or in an ffmpeg or "
+        "gst-launch-1.0 subprocess (killed and restarted when it hangs). Pipelines "
+        "(containing '!') always run in gst-launch-1.0.",
+    )
+    hwaccel: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="decoder ffmpeg: its -hwaccel method, e.g. drm or v4l2m2m (Pi), cuda "
+        "(Jetson, NVIDIA), vaapi (Intel).",
+    )
+    gst_decoder: str = Field(
+        "decodebin",
+        min_length=1,
+        description="decoder gstreamer with an rtsp:// source: the H.264 decoding element(s), "
+        "e.g. v4l2h264dec (Pi), 'nvv4l2decoder ! nvvidconv' (Jetson), avdec_h264 (software).",
+    )
+
+    @model_validator(mode="after")
+    def _gstreamer_decoder_needs(self) -> CameraConfig:
+        if self.decoder != "gstreamer" or "!" in self.source:
+            return self
+        if not re.match(r"^rtsps?://", self.source.strip(), re.IGNORECASE):
+            raise ValueError("decoder gstreamer needs an rtsp:// source (or write a pipeline)")
+        if self.width is None or self.height is None:
+            raise ValueError("decoder gstreamer needs width and height")
+        return self
 
     @model_validator(mode="after")
     def _password_file_needs_url(self) -> CameraConfig:
