@@ -127,6 +127,12 @@ class CameraConfig(Section):
         description="decoder ffmpeg: its -hwaccel method, e.g. drm or v4l2m2m (Pi), cuda "
         "(Jetson, NVIDIA), vaapi (Intel).",
     )
+    ffmpeg_codec: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="decoder ffmpeg: the decoder to force with -c:v, e.g. h264_v4l2m2m (Pi 4), "
+        "h264_nvv4l2dec (Jetson's ffmpeg build).",
+    )
     gst_decoder: str = Field(
         "decodebin",
         min_length=1,

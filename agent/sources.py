@@ -544,6 +544,7 @@ def ffmpeg_argv(
     size: tuple[int, int],
     *,
     hwaccel: str | None = None,
+    codec: str | None = None,
     realtime: bool = True,
     loop: bool = False,
 ) -> list[str]:
@@ -553,6 +554,8 @@ def ffmpeg_argv(
         argv += ["-rtsp_transport", "tcp", *PROBE_1S]
     if hwaccel:
         argv += ["-hwaccel", hwaccel]
+    if codec:
+        argv += ["-c:v", codec]
     if kind == "file":
         argv += ["-re"] if realtime else []
         argv += ["-stream_loop", "-1"] if loop else []
@@ -585,7 +588,8 @@ class FfmpegSource(PipeSource):
     """An RTSP/HTTP stream or a file decoded by an ``ffmpeg`` subprocess (``decoder: ffmpeg``).
 
     The frame size is ``width`` x ``height`` if both are set (ffmpeg scales), else probed with
-    ``ffprobe`` at each open. ``hwaccel`` is passed as ``-hwaccel``. Files: ``ts`` is media
+    ``ffprobe`` at each open. ``hwaccel`` is passed as ``-hwaccel``, ``ffmpeg_codec`` as
+    ``-c:v``. Files: ``ts`` is media
     time (index / probed fps), ``realtime`` paces with ``-re``, ``loop`` uses
     ``-stream_loop -1``, and the end is :class:`SourceFinished`.
 
@@ -617,6 +621,7 @@ class FfmpegSource(PipeSource):
             self._timeline.frame_s = 1.0 / fps if fps else 0.04
         self._timeline.start_play()
         argv = ffmpeg_argv(exe, url, self._kind, (width, height), hwaccel=cfg.hwaccel,
+                           codec=cfg.ffmpeg_codec,
                            realtime=cfg.realtime, loop=cfg.loop)  # fmt: skip
         return argv, width, height
 
