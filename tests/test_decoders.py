@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
@@ -30,6 +30,7 @@ from agent.sources import (
 from tests.conftest import MEDIA
 from tests.fakes import FakeClock
 from tests.rtsp_server import RtspServer
+from tests.rtsp_support import wait_for
 
 BACKOFF = Backoff(initial_s=0.2, max_s=1.0, jitter_s=0.1, healthy_after_s=30.0)
 PASSWORD = "p@ss!w0rd:x"
@@ -181,16 +182,6 @@ def test_ffmpeg_missing_file_and_broken_file_are_source_errors(tmp_path):
 # --- against the real RTSP server ----------------------------------------------------------
 
 
-@pytest.fixture
-def captures() -> Iterator[list[CaptureThread]]:
-    started: list[CaptureThread] = []
-    yield started
-    for cap in started:
-        cap.stop()
-    for cap in started:
-        assert cap.join(15), "capture thread did not stop"
-
-
 def start(captures: list[CaptureThread], cfg: CameraConfig) -> tuple[CaptureThread, object]:
     source = make_source(cfg)
     cap = CaptureThread(source, read_timeout_s=cfg.read_timeout_s,
@@ -207,15 +198,6 @@ def frames(cap: CaptureThread, count: int, timeout: float = 15.0) -> list:
         if frame is not None:
             got.append(frame)
     return got
-
-
-def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture
@@ -257,7 +239,7 @@ def test_a_wrong_password_is_an_error_without_the_password(secured, captures, tm
     wrong.write_text("not-it-" + PASSWORD)
     cap, _ = start(captures, camera(url, decoder="ffmpeg", password_file=wrong,
                                     open_timeout_s=5))  # fmt: skip
-    assert wait_for(lambda: cap.status().last_error is not None, 20)
+    assert wait_for(lambda: cap.status().last_error is not None, 20) is not None
     error = cap.status().last_error or ""
     assert "401 Unauthorized" in error
     assert PASSWORD not in error
@@ -273,8 +255,8 @@ def test_a_hung_ffmpeg_is_killed_and_restarted(make_server, captures):
     hung = source.pid
     assert hung is not None
     os.kill(hung, signal.SIGSTOP)  # a decoder that hangs: no exit, no output
-    assert wait_for(lambda: cap.status().state == "reconnecting", 10)
-    assert wait_for(lambda: source.pid not in (None, hung), 15)  # the stop kills it anyway
+    assert wait_for(lambda: cap.status().state == "reconnecting", 10) is not None
+    assert wait_for(lambda: source.pid not in (None, hung), 15) is not None
     assert len(frames(cap, 5)) == 5
     st = cap.status()
     assert st.state == "online"
