@@ -64,7 +64,9 @@ def park_cars(builder: EventBuilder, cars: int, width: int, height: int) -> int:
     for i in range(cars):
         frame = Frame("cam", i, i * 0.2, 1_700_000_000 + i * 0.2, picture(i, width, height))
         emissions = builder.update([parked(j, i, width, height) for j in range(i + 1)], frame)
-        snapshots += sum(e.snapshot is not None for e in emissions)
+        for emission in emissions:
+            builder.commit(emission)  # the sink stored it
+            snapshots += emission.snapshot is not None
     return snapshots
 
 
