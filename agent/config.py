@@ -8,6 +8,7 @@ never touch disk or network: :func:`preflight` does the file checks separately.
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,6 +38,7 @@ from agent.models import (
     missing_model_hint,
 )
 from agent.redact import source_secrets
+from agent.tls import build_context
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
 _ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -46,22 +48,68 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
-    """The secret from its inline value or from its ``*_file`` (read here, never in validators)."""
+def read_secret(value: SecretStr | None, path: Path | None, field: str | None = None) -> str | None:
+    """The secret from its inline value or from its ``*_file`` (read here, never in validators).
+
+    A file that cannot be read is a :class:`ConfigError` naming ``field`` (or the file)."""
     if path is not None:
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError([(str(path), f"cannot read secret file: {exc.strerror}")]) from exc
+            why = f"cannot read secret file {path}: {exc.strerror}"
+            raise ConfigError([(field or str(path), why)]) from exc
     return value.get_secret_value() if value is not None else None
 
 
+_HOST_NAME = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+
+
 class TlsConfig(Section):
+    """TLS to the broker. The broker's certificate and name are always verified (TLS >= 1.2);
+    ``server_name`` pins the name to check when ``mqtt.host`` is not in the certificate."""
+
     enabled: bool = Field(False, description="Connect with TLS.")
-    ca_file: Path | None = Field(None, description="CA bundle that signed the broker certificate.")
-    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
-    key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
-    verify_hostname: bool = Field(True, description="Check the broker's name in its certificate.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle that signed the broker certificate (default: the system's)."
+    )
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS (PEM).")
+    key_file: Path | None = Field(
+        None, description="Client private key for mutual TLS (PEM; default: in cert_file)."
+    )
+    key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted key_file (prefer key_password_file)."
+    )
+    key_password_file: Path | None = Field(
+        None, description="File holding the password of an encrypted key_file."
+    )
+    server_name: str | None = Field(
+        None,
+        pattern=_HOST_NAME,
+        description="Name the broker certificate must carry, when it is not mqtt.host "
+        "(e.g. the broker is reached by IP address). Also sent as SNI.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_verify_switch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "verify_hostname" in data:
+            raise ValueError(
+                "verify_hostname was removed: the broker's name is always verified; "
+                "pin the name its certificate carries with server_name"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsConfig:
+        if self.key_password is not None and self.key_password_file is not None:
+            raise ValueError("give key_password or key_password_file, not both")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        return self
+
+    def read_key_password(self) -> str | None:
+        """The key password (inline or from its file); ConfigError naming the field."""
+        return read_secret(self.key_password, self.key_password_file, "key_password_file")
 
 
 class MqttConfig(Section):
@@ -314,10 +362,11 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def validation_problems(exc: ValidationError, where: str = "") -> list[tuple[str, str]]:
+    """One ``(field path, reason)`` per pydantic error, the paths under ``where`` if given."""
     out = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(root)"
+        path = ".".join([where] * bool(where) + [str(p) for p in err["loc"]]) or "(root)"
         out.append((path, err["msg"]))
     return out
 
@@ -333,7 +382,7 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     try:
         return _FromFile(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from exc
+        raise ConfigError(validation_problems(exc)) from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -344,22 +393,21 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
 
 
 def preflight(settings: Settings) -> list[tuple[str, str]]:
-    """Checks that need the disk: files the config names exist and are readable."""
+    """Checks that need the disk: files the config names exist and are readable, and the TLS
+    context builds from them (so bad TLS material is a config problem, exit 2)."""
     problems: list[tuple[str, str]] = []
     if not settings.detector.model.is_file():
         model = settings.detector.model
         problems.append(
             ("detector.model", f"model file not found: {model}; {missing_model_hint(model)}")
         )
-    files = {
-        "mqtt.password_file": settings.mqtt.password_file,
-        "mqtt.tls.ca_file": settings.mqtt.tls.ca_file,
-        "mqtt.tls.cert_file": settings.mqtt.tls.cert_file,
-        "mqtt.tls.key_file": settings.mqtt.tls.key_file,
-    }
-    for name, file in files.items():
-        if file is not None and not file.is_file():
-            problems.append((name, f"file not found: {file}"))
+    mqtt = settings.mqtt
+    try:
+        read_secret(None, mqtt.password_file, "mqtt.password_file")
+        if mqtt.tls.enabled:
+            build_context(mqtt.tls, "mqtt.tls")
+    except ConfigError as exc:
+        problems += exc.problems
     for i, cam in enumerate(settings.cameras):
         if _looks_like_file(cam.source) and not Path(cam.source).exists():
             problems.append((f"cameras.{i}.source", f"file not found: {cam.source}"))
@@ -368,10 +416,50 @@ def preflight(settings: Settings) -> list[tuple[str, str]]:
     return problems
 
 
+def config_warnings(settings: Settings, config_file: Path | None) -> list[tuple[str, str]]:
+    """What works but should not be so: the config or a secret file readable by other local
+    users, a password sent in clear text, TLS files that are not used."""
+    warnings: list[tuple[str, str]] = []
+    mqtt, tls = settings.mqtt, settings.mqtt.tls
+    secrets: list[tuple[str, Path | None]] = [
+        ("config file", config_file),
+        ("mqtt.password_file", mqtt.password_file),
+        ("mqtt.tls.key_file", tls.key_file if tls.key_file is not None else tls.cert_file),
+        ("mqtt.tls.key_password_file", tls.key_password_file),
+    ]
+    secrets += [
+        (f"cameras.{i}.password_file", c.password_file) for i, c in enumerate(settings.cameras)
+    ]
+    for field, path in secrets:
+        mode = _mode(path)
+        if path is not None and mode is not None and mode & 0o044:
+            why = f"{path} is readable by other users (mode {mode:04o}); chmod 600 it"
+            warnings.append((field, why))
+    has_password = mqtt.password is not None or mqtt.password_file is not None
+    if has_password and not tls.enabled:
+        warnings.append(("mqtt.password", "sent in clear text: mqtt.tls.enabled is false"))
+    unused = [n for n in ("ca_file", "cert_file", "key_file") if getattr(tls, n) is not None]
+    if unused and not tls.enabled:
+        warnings.append(("mqtt.tls", f"{', '.join(unused)} set but enabled is false: not used"))
+    return warnings
+
+
+def _mode(path: Path | None) -> int | None:
+    try:
+        return None if path is None else stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None  # missing files are preflight's problems
+
+
 def known_secrets(settings: Settings) -> list[str]:
-    """Every password the config names (inline or in files), for the log filter to mask."""
+    """Every password the config names (inline or in files), for the log filter to mask:
+    the MQTT password, the TLS key password and the cameras' passwords."""
     found: list[str] = []
-    candidates = [(settings.mqtt.password, settings.mqtt.password_file)]
+    tls = settings.mqtt.tls
+    candidates = [
+        (settings.mqtt.password, settings.mqtt.password_file),
+        (tls.key_password, tls.key_password_file),
+    ]
     candidates += [(None, cam.password_file) for cam in settings.cameras]
     for value, path in candidates:
         try:
