@@ -164,6 +164,7 @@ class App:
         builder = EventBuilder(
             cfg.id, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
             snapshot_gain=ev.snapshot_gain, snapshots=self.settings.snapshots.enabled,
+            view_width=self.settings.snapshots.max_width,
         )  # fmt: skip
         counters = PipelineCounters()
         pipeline = CameraPipeline(

@@ -28,6 +28,7 @@ from agent.config import (
 )
 from agent.errors import AgentError, ConfigError, ModelError, OutboxError
 from agent.logs import setup_logging
+from agent.models import DEFAULT_MODEL_DIR, MANIFEST, MODEL_DIR_ENV, default_model_dir
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
 log = logging.getLogger("agent")
@@ -51,13 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("file", type=Path)
     det = sub.add_parser("detect", help="print one JSON line per detection in an image or clip")
     det.add_argument("path", type=Path)
-    det.add_argument("--model", type=Path, default=DetectorConfig().model)
+    det.add_argument(
+        "--model", type=Path, default=None, help="default: the default model in the model dir"
+    )
     det.add_argument("--family", default="auto")
     det.add_argument("--min-score", type=float, default=0.5)
     det.add_argument("--labels", default=None, help="comma-separated; default the six COCO ones")
     det.add_argument("--threads", type=int, default=2)
     det.add_argument("--every", type=int, default=1, help="clips: detect on every Nth frame")
     det.add_argument("--annotate", type=Path, help="write the picture (last frame) with boxes")
+    mod = sub.add_parser("models", help="list, fetch or verify the models on this box")
+    mod.add_argument("action", choices=["list", "fetch", "verify"])
+    mod.add_argument("names", nargs="*", help="models of the manifest (default: all)")
+    mod.add_argument(
+        "--dir", type=Path, default=None, help=f"model directory (default: {DEFAULT_MODEL_DIR} "
+        f"or ${MODEL_DIR_ENV})",
+    )  # fmt: skip
+    mod.add_argument(
+        "--from", dest="mirror", default=None,
+        help="fetch: a mirror directory or http(s) URL (default: each model's pinned URL)",
+    )  # fmt: skip
+    mod.add_argument("--manifest", type=Path, default=MANIFEST, help="the model manifest")
     box = sub.add_parser("outbox", help="inspect or deliver the durable outbox (agent stopped)")
     box_sub = box.add_subparsers(dest="action", required=True)
     for name, text in (("stats", "depth, bytes, counters"), ("drain", "deliver what is queued")):
@@ -155,6 +170,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from agent.models_cmd import run_models
+
+    model_dir = args.dir or default_model_dir()
+    return run_models(args.action, model_dir, args.manifest, args.names, args.mirror)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import App
 
@@ -246,6 +268,7 @@ COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "detect": cmd_detect,
+    "models": cmd_models,
     "outbox": cmd_outbox,
     "tail": cmd_tail,
     "demo": cmd_demo,

@@ -31,6 +31,12 @@ from pydantic_settings import (
 
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
+from agent.models import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_MODEL_FILE,
+    default_model_dir,
+    missing_model_hint,
+)
 from agent.redact import source_secrets
 from agent.tls import build_context
 
@@ -165,8 +171,46 @@ class CameraConfig(Section):
     )
     open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
     read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
-    width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
-    height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+    width: int | None = Field(
+        None, gt=0, description="Frame width: required for GStreamer; ffmpeg scales to it."
+    )
+    height: int | None = Field(
+        None, gt=0, description="Frame height: required for GStreamer; ffmpeg scales to it."
+    )
+    decoder: Literal["opencv", "ffmpeg", "gstreamer"] = Field(
+        "opencv",
+        description="URL and file sources: decode in-process with OpenCV, or in an ffmpeg or "
+        "gst-launch-1.0 subprocess (killed and restarted when it hangs). Pipelines "
+        "(containing '!') always run in gst-launch-1.0.",
+    )
+    hwaccel: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="decoder ffmpeg: its -hwaccel method, e.g. drm or v4l2m2m (Pi), cuda "
+        "(Jetson, NVIDIA), vaapi (Intel).",
+    )
+    ffmpeg_codec: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="decoder ffmpeg: the decoder to force with -c:v, e.g. h264_v4l2m2m (Pi 4), "
+        "h264_nvv4l2dec (Jetson's ffmpeg build).",
+    )
+    gst_decoder: str = Field(
+        "decodebin",
+        min_length=1,
+        description="decoder gstreamer with an rtsp:// source: the H.264 decoding element(s), "
+        "e.g. v4l2h264dec (Pi), 'nvv4l2decoder ! nvvidconv' (Jetson), avdec_h264 (software).",
+    )
+
+    @model_validator(mode="after")
+    def _gstreamer_decoder_needs(self) -> CameraConfig:
+        if self.decoder != "gstreamer" or "!" in self.source:
+            return self
+        if not re.match(r"^rtsps?://", self.source.strip(), re.IGNORECASE):
+            raise ValueError("decoder gstreamer needs an rtsp:// source (or write a pipeline)")
+        if self.width is None or self.height is None:
+            raise ValueError("decoder gstreamer needs width and height")
+        return self
 
     @model_validator(mode="after")
     def _password_file_needs_url(self) -> CameraConfig:
@@ -181,7 +225,16 @@ Family = Literal["auto", "yolox", "picodet", "nanodet", "yolov5", "yolov8"]
 
 
 class DetectorConfig(Section):
-    model: Path = Field(Path("models/yolox_nano_416.onnx"), description="ONNX model file.")
+    model: Path = Field(
+        DEFAULT_MODEL_DIR / DEFAULT_MODEL_FILE,  # replaced by _default_model: model_dir wins
+        description="ONNX model file; default: the default model (yolox_nano_416.onnx) in "
+        "model_dir, where `edge-agent models fetch` installs it.",
+    )
+    model_dir: Path = Field(
+        default_factory=default_model_dir,
+        description="Directory of the installed models: $EDGE_AGENT_MODEL_DIR, else "
+        "/var/lib/edge-agent/models.",
+    )
     family: Family = Field("auto", description="Model family; auto detects it from the graph.")
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads.")
     spin: bool = Field(False, description="Let onnxruntime threads spin (burns CPU).")
@@ -193,6 +246,15 @@ class DetectorConfig(Section):
         default_factory=dict, description="Per-label minimum scores overriding min_score."
     )
     nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS suppresses.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        """No ``model``: the default model file in ``model_dir``."""
+        if isinstance(data, dict) and data.get("model") is None:
+            model_dir = data.get("model_dir") or default_model_dir()
+            return {**data, "model": Path(model_dir) / DEFAULT_MODEL_FILE}
+        return data
 
     @model_validator(mode="after")
     def _labels_known(self) -> DetectorConfig:
@@ -335,7 +397,10 @@ def preflight(settings: Settings) -> list[tuple[str, str]]:
     context builds from them (so bad TLS material is a config problem, exit 2)."""
     problems: list[tuple[str, str]] = []
     if not settings.detector.model.is_file():
-        problems.append(("detector.model", f"model file not found: {settings.detector.model}"))
+        model = settings.detector.model
+        problems.append(
+            ("detector.model", f"model file not found: {model}; {missing_model_hint(model)}")
+        )
     mqtt = settings.mqtt
     try:
         read_secret(None, mqtt.password_file, "mqtt.password_file")
