@@ -26,6 +26,7 @@ from agent.detector.families import (
 from agent.detector.preprocess import boxes_to_original
 from agent.domain import COCO_LABELS, Detections
 from agent.errors import ConfigError, DetectorError, ModelError
+from agent.models import missing_model_hint
 
 DEFAULT_MAX_DET = 100
 CPU = "CPUExecutionProvider"
@@ -72,7 +73,7 @@ def open_session(
     last resort.
     """
     if not path.exists():
-        raise ModelError(f"cannot load model {path}: file not found")
+        raise ModelError(f"cannot load model {path}: file not found; {missing_model_hint(path)}")
     if not path.is_file():
         raise ModelError(f"cannot load model {path}: not a regular file")
     chosen, missing = choose_providers(providers, ort.get_available_providers())
