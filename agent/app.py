@@ -153,6 +153,7 @@ class App:
         self.link.progress = beat("mqtt-link")
         self.publisher.progress = beat("publisher")
         self.heartbeat.progress = beat("heartbeat")
+        self.detector_service.progress = beat("detector")
         for cam in self.cameras:
             cam.capture.progress = beat(f"capture-{cam.cfg.id}")
             cam.worker.progress = beat(f"worker-{cam.cfg.id}")

@@ -27,10 +27,12 @@ import numpy.typing as npt
 from agent.detector import Detector
 from agent.domain import Detections
 from agent.errors import DetectorError
+from agent.liveness import NULL_BEAT, Beat
 
 log = logging.getLogger(__name__)
 
 Image = npt.NDArray[np.uint8]
+_IDLE_WAIT_S = 1.0  # the longest the thread sleeps between liveness ticks
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class DetectorService:
         self._runs = self._errors = 0
         self._run_times: deque[float] = deque()
         self.run_starts: deque[float] = deque(maxlen=10_000)
+        self.progress: Beat = NULL_BEAT  # ticked every loop (agent.liveness)
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
 
     # -- cameras ----------------------------------------------------------------------------
@@ -199,10 +202,17 @@ class DetectorService:
                         self._next_start = now + 1.0 / self.max_fps
                     self.run_starts.append(now)
                     return lane, req
-                self._cond.wait(timeout=wait if lane is not None else None)
+                self.progress.tick(_IDLE_WAIT_S)
+                idle = lane is None or wait > _IDLE_WAIT_S
+                self._cond.wait(timeout=_IDLE_WAIT_S if idle else wait)
 
     def _run(self) -> None:
+        self._serve()
+        self.progress.retire()  # stopped on purpose (a crash leaves the beat dead)
+
+    def _serve(self) -> None:
         while True:
+            self.progress.tick(_IDLE_WAIT_S)
             taken = self._take()
             if taken is None:
                 return

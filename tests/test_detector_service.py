@@ -14,6 +14,7 @@ import pytest
 from agent.detector_service import DetectorService
 from agent.domain import Detections
 from agent.errors import DetectorError
+from agent.liveness import Beat
 
 IMAGE = np.zeros((32, 32, 3), np.uint8)
 
@@ -144,3 +145,18 @@ def test_a_camera_id_registers_once(service):
     svc.client("a", detect_fps=5)
     with pytest.raises(ValueError, match="already registered"):
         svc.client("a", detect_fps=5)
+
+
+def test_the_detector_thread_ticks_its_liveness_beat_while_idle_and_retires_on_stop():
+    svc = DetectorService(GatedDetector())
+    svc.progress = Beat("detector")
+    svc.start()
+    ticked = threading.Event()
+    for _ in range(50):  # the first tick comes at once; poll without a timed assertion
+        if svc.progress.stats(now=0.0, grace_s=1.0).ticks > 0:
+            ticked.set()
+            break
+        threading.Event().wait(0.05)
+    assert ticked.is_set()
+    svc.stop()
+    assert svc.progress.stats(now=0.0, grace_s=1.0).state == "done"
