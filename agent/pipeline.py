@@ -24,7 +24,7 @@ from agent.detector_service import DetectResult
 from agent.domain import Detections, EndReason, EventType, Frame, Track
 from agent.errors import DetectorError, OutboxError, SourceFinished
 from agent.events import Emission, EventBuilder
-from agent.gate import MotionGate
+from agent.gate import MotionGate, Reason
 from agent.liveness import NULL_BEAT, Beat
 from agent.metrics import PipelineCounters
 from agent.regions import Region
@@ -145,7 +145,7 @@ class CameraPipeline:
                 self.counters.no_motion()
                 return out
             region = decision.region
-            motion = decision.reason is not None and decision.reason.value == "motion"
+            motion = decision.reason is Reason.MOTION
         if not self.wait and isinstance(self.detector, SharedDetector):
             future = self.detector.submit(crop(frame.image, region), motion)
             self._pending.append(_Pending(future, frame, region))

@@ -11,10 +11,16 @@ import threading
 import numpy as np
 import pytest
 
+from agent.config import EventsConfig
 from agent.detector_service import DetectorService
-from agent.domain import Detections
+from agent.domain import Detections, Frame
 from agent.errors import DetectorError
+from agent.events import EventBuilder
 from agent.liveness import Beat
+from agent.metrics import PipelineCounters
+from agent.pipeline import CameraPipeline
+from agent.tracker import Tracker
+from tests.fakes import ListSink
 
 IMAGE = np.zeros((32, 32, 3), np.uint8)
 
@@ -160,3 +166,33 @@ def test_the_detector_thread_ticks_its_liveness_beat_while_idle_and_retires_on_s
     assert ticked.is_set()
     svc.stop()
     assert svc.progress.stats(now=0.0, grace_s=1.0).state == "done"
+
+
+def test_a_live_camera_pipeline_submits_without_waiting_and_applies_results_in_order():
+    det = GatedDetector()
+    svc = DetectorService(det)
+    client = svc.client("cam", detect_fps=5)
+    ev = EventsConfig()
+    pipeline = CameraPipeline(
+        client,
+        Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s),
+        EventBuilder("cam", update_interval_s=10, min_move=0.25, snapshot_gain=0.1),
+        ListSink(), PipelineCounters(), detect_fps=5, wait=False,
+    )  # fmt: skip
+    svc.start()
+    try:
+        pipeline.step(Frame("cam", 0, 0.0, 1.7e9, img(0)))
+        assert det.started.acquire(timeout=5)  # 0 runs; 1 waits, 2 replaces it: no step blocks
+        for i in (1, 2):
+            pipeline.step(Frame("cam", i, i * 0.2, 1.7e9 + i * 0.2, img(i)))
+        det.release(2)
+        assert det.started.acquire(timeout=5)
+        deadline = threading.Event()
+        while pipeline.counters.snapshot(0.0).frames_detected < 2 and not deadline.wait(0.05):
+            pipeline.collect()
+        assert det.ran == [0, 2]
+        assert pipeline.counters.snapshot(0.0).frames_detected == 2
+        assert client.stats().dropped_busy == 1
+    finally:
+        det.release(10)
+        svc.stop()
