@@ -33,3 +33,9 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# The Ansible tests (tests/test_ansible.py): debootstrap, openssl, shellcheck, a controller
+# virtualenv, the dependency wheels and a bookworm root filesystem, cached between runs.
+if [ "$with_tests" = 1 ]; then
+  scripts/ansible-deps.sh
+fi

@@ -7,7 +7,8 @@
 #                                        user name through use_identity_as_username)
 #   ca.sh DIR account NAME [DAYS]        client certificate for the commune server's account
 #   ca.sh DIR broker HOST [HOST|IP...]   the broker's TLS server certificate (SANs: each name)
-#   ca.sh DIR revoke NAME                revoke NAME's certificate and regenerate crl.pem
+#   ca.sh DIR revoke NAME                revoke NAME's certificate (moved to DIR/revoked/) and
+#                                        regenerate crl.pem; copy it to the broker
 #   ca.sh DIR crl                        regenerate crl.pem (do it before it expires: CRL_DAYS)
 #
 # Output: DIR/issued/NAME.key (0600) and DIR/issued/NAME.crt; DIR/crl.pem. Copy ca.crt and
@@ -129,8 +130,9 @@ case "$CMD" in
     [ -f "$DIR/issued/$name.crt" ] || die "no certificate issued to $name"
     openssl ca -config "$DIR/openssl.cnf" -revoke "$DIR/issued/$name.crt" 2>/dev/null
     mkdir -p "$DIR/revoked"
-    mv "$DIR/issued/$name.crt" "$DIR/revoked/$name.$(date -u +%Y%m%dT%H%M%SZ).crt"
-    rm -f "$DIR/issued/$name.key"
+    stamp=$(date -u +%Y%m%dT%H%M%SZ)
+    mv "$DIR/issued/$name.crt" "$DIR/revoked/$name.$stamp.crt"
+    mv "$DIR/issued/$name.key" "$DIR/revoked/$name.$stamp.key"
     gen_crl
     echo "$DIR/crl.pem"
     ;;

@@ -1,0 +1,116 @@
+"""Helpers for the Ansible tests: the cached controller, root filesystems, playbook runs.
+
+scripts/ansible-deps.sh (called by ``make setup-tests``) caches under
+``$EDGE_AGENT_TEST_CACHE`` (default /var/cache/edge-agent-tests): a controller virtualenv
+(ansible-core 2.19, ansible-lint, community.general), the agent's dependency wheels for
+Debian bookworm's Python 3.11 and a debootstrap bookworm minbase tarball.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE_DIR = REPO / "ansible"
+EXAMPLE = ANSIBLE_DIR / "inventories" / "example"
+VAULT_ID = "xuan-dinh"
+CACHE = Path(os.environ.get("EDGE_AGENT_TEST_CACHE", "/var/cache/edge-agent-tests"))
+CONTROLLER = CACHE / "controller"
+ROOTFS_TAR = CACHE / "rootfs-bookworm-amd64.tar"
+
+
+def ensure_deps() -> None:
+    """Run scripts/ansible-deps.sh (a no-op when everything is cached)."""
+    subprocess.run(
+        [str(REPO / "scripts" / "ansible-deps.sh")], check=True, timeout=900,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def controller_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{CONTROLLER / 'bin'}:{env.get('PATH', '')}",
+        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(CONTROLLER / "collections"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_LOCAL_TEMP=str(CACHE / "ansible-tmp"),
+        ANSIBLE_HOME=str(CACHE / "ansible-home"),
+        PIP_CONFIG_FILE="/dev/null",
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class PlayResult:
+    rc: int
+    output: str
+
+    def recap(self, host: str) -> dict[str, int]:
+        """The PLAY RECAP counters of one host (ok, changed, failed, ...)."""
+        m = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", self.output, re.MULTILINE)
+        assert m, f"no recap for {host}:\n{self.output[-3000:]}"
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+def run_playbook(
+    inventory: Path, playbook: str, *args: str, log: Path, timeout: float = 600
+) -> PlayResult:
+    cmd = [
+        str(CONTROLLER / "bin" / "ansible-playbook"),
+        "-i", str(inventory),
+        "--vault-id", f"{VAULT_ID}@{inventory.parent / 'vault-password.TEST-ONLY'}",
+        str(ANSIBLE_DIR / "playbooks" / playbook), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=ANSIBLE_DIR, env=controller_env(), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    log.write_text(out)
+    return PlayResult(proc.returncode, out)
+
+
+def copy_example_inventory(dest: Path, host_vars: dict[str, str]) -> Path:
+    """The example inventory in ``dest`` plus a ``ci.yml`` of extra host variables per host."""
+    shutil.copytree(EXAMPLE, dest)
+    for host, text in host_vars.items():
+        (dest / "host_vars" / host / "ci.yml").write_text(text)
+    return dest / "hosts.yml"
+
+
+def make_rootfs(dest: Path) -> Path:
+    """A fresh bookworm root filesystem from the cached debootstrap tarball."""
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(dest), "-xf", str(ROOTFS_TAR)], check=True, timeout=300)
+    return dest
+
+
+def build_wheelhouse(dest: Path) -> Path:
+    """The agent's wheel built from this checkout plus the cached dependency wheels."""
+    dest.mkdir(parents=True)
+    for whl in (CACHE / "wheelhouse").glob("*.whl"):
+        os.link(whl, dest / whl.name)
+    builder = CACHE / "wheel-builder" / "bin" / "python"
+    subprocess.run(
+        [str(builder), "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(dest), str(REPO)],
+        check=True, timeout=300, capture_output=True,
+        env={**os.environ, "PIP_CONFIG_FILE": "/dev/null"},
+    )  # fmt: skip
+    shutil.rmtree(REPO / "build", ignore_errors=True)
+    return dest
+
+
+def in_root(root: Path, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command inside the root filesystem (its own binaries)."""
+    return subprocess.run(
+        ["chroot", str(root), *cmd], capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
