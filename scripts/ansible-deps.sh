@@ -26,6 +26,11 @@ apt_deps() {
   command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
   command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
   command -v mosquitto_sub >/dev/null 2>&1 || pkgs+=(mosquitto-clients)
+  # images/rpi-image.sh (and its test on a small made-up disk image)
+  command -v sfdisk >/dev/null 2>&1 || [ -x /usr/sbin/sfdisk ] || pkgs+=(fdisk)
+  command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || pkgs+=(dosfstools)
+  command -v resize2fs >/dev/null 2>&1 || [ -x /usr/sbin/resize2fs ] || pkgs+=(e2fsprogs)
+  command -v xz >/dev/null 2>&1 || pkgs+=(xz-utils)
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
   "$TARGET_PYTHON" -c "import venv, ensurepip" 2>/dev/null || pkgs+=(python3-venv)
   if [ "${#pkgs[@]}" -gt 0 ]; then
