@@ -85,11 +85,64 @@ def copy_example_inventory(dest: Path, host_vars: dict[str, str]) -> Path:
     return dest / "hosts.yml"
 
 
-def make_rootfs(dest: Path) -> Path:
-    """A fresh bookworm root filesystem from the cached debootstrap tarball."""
-    dest.mkdir(parents=True)
-    subprocess.run(["tar", "-C", str(dest), "-xf", str(ROOTFS_TAR)], check=True, timeout=300)
-    return dest
+def _run(*cmd: str, timeout: float = 300) -> str:
+    return subprocess.run(
+        cmd, check=True, capture_output=True, text=True, timeout=timeout
+    ).stdout.strip()
+
+
+def loop_partition(image: Path, number: int) -> str:
+    """A loop device over partition ``number`` of ``image`` (offsets: no udev needed)."""
+    start, sectors = _run(
+        "partx", "-g", "-o", "START,SECTORS", "--nr", str(number), str(image)
+    ).split()
+    return _run(
+        "losetup", "-f", "--show", "-o", str(int(start) * 512),
+        "--sizelimit", str(int(sectors) * 512), str(image),
+    )  # fmt: skip
+
+
+def make_stock_image(image: Path) -> Path:
+    """A small stand-in for a stock Raspberry Pi OS image: partition 1 the boot partition,
+    partition 2 the bookworm root filesystem (amd64, so no qemu; ext4 boot partition because
+    this kernel has no vfat)."""
+    _run("truncate", "-s", "700M", str(image))
+    subprocess.run(
+        ["sfdisk", "-q", str(image)], input="label: dos\n,64M,c\n,,83\n", text=True,
+        check=True, timeout=60,
+    )  # fmt: skip
+    boot, root = loop_partition(image, 1), loop_partition(image, 2)
+    mnt = image.parent / "stock-root"
+    mnt.mkdir()
+    try:
+        _run("mkfs.ext4", "-q", "-L", "bootfs", boot)
+        _run("mkfs.ext4", "-q", "-L", "rootfs", root)
+        _run("mount", root, str(mnt))
+        try:
+            _run("tar", "-C", str(mnt), "-xf", str(ROOTFS_TAR))
+            (mnt / "boot" / "firmware").mkdir(parents=True, exist_ok=True)
+        finally:
+            _run("umount", str(mnt))
+    finally:
+        _run("losetup", "-d", boot, root)
+        mnt.rmdir()
+    return image
+
+
+class MountedImage:
+    """An image's root (partition 2) at ``root`` with its boot partition at boot/firmware."""
+
+    def __init__(self, image: Path, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self._loops = [loop_partition(image, 2), loop_partition(image, 1)]
+        _run("mount", self._loops[0], str(root))
+        _run("mount", self._loops[1], str(root / "boot" / "firmware"))
+
+    def close(self) -> None:
+        for path in (self.root / "boot" / "firmware", self.root):
+            subprocess.run(["umount", str(path)], check=False, timeout=60)
+        subprocess.run(["losetup", "-d", *self._loops], check=False, timeout=60)
 
 
 def build_wheelhouse(dest: Path) -> Path:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,12 +30,14 @@ from tests.ansible_support import (
     ANSIBLE_DIR,
     CONTROLLER,
     REPO,
+    MountedImage,
+    PlayResult,
     build_wheelhouse,
     controller_env,
     copy_example_inventory,
     ensure_deps,
     in_root,
-    make_rootfs,
+    make_stock_image,
     run_playbook,
 )
 from tests.conftest import MEDIA, MODELS
@@ -64,32 +66,41 @@ def deps() -> None:
 @dataclass
 class Provisioned:
     root: Path
-    image_run: object
-    bundle_dir: Path
+    image_run: PlayResult
+    image_etc: list[str]
     provision: subprocess.CompletedProcess[str]
-    node_run: object
-    again_run: object
+    node_run: PlayResult
+    again_run: PlayResult
     logs: Path
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
 def provisioned(deps: None) -> Iterator[Provisioned]:
-    """One rootfs: image mode (no identity), the first-boot bundle, node mode, then again.
+    """A node the way technicians make one, on a bookworm root filesystem:
 
-    In a folder of its own (not pytest's tmp_path, which other pytest runs on the machine
-    may prune), removed afterwards: a provisioned rootfs is about 700 MB.
+    images/rpi-image.sh turns a stand-in "stock image" (a disk image whose partition 2 is the
+    debootstrap rootfs) into a shared image (image mode, no identity); the image is mounted,
+    the node's bundle (playbooks/bundle.yml) goes onto its boot partition and the first-boot
+    script installs it; then site.yml in node mode over the chroot connection, and again.
+
+    In a folder of its own (pytest's tmp_path may be pruned by other pytest runs on the
+    machine), removed afterwards.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="edge-agent-rootfs-", dir="/var/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="edge-agent-image-", dir="/var/tmp"))
+    mounted: list[MountedImage] = []
     try:
-        yield _provision(tmp)
+        yield _provision(tmp, mounted)
     finally:
+        for m in mounted:
+            m.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _provision(tmp: Path) -> Provisioned:
-    root = make_rootfs(tmp / "root")
+def _provision(tmp: Path, mounted: list[MountedImage]) -> Provisioned:
+    logs = tmp / "logs"
+    logs.mkdir()
     wheels = build_wheelhouse(tmp / "wheelhouse")
+    root = tmp / "root"
     chroot_vars = (
         "ansible_connection: community.general.chroot\n"
         f"ansible_host: {root}\n"
@@ -98,39 +109,48 @@ def _provision(tmp: Path) -> Provisioned:
         f"edge_agent_model_src_dir: {MODELS}\n"
     )
     inventory = copy_example_inventory(tmp / "inventory", {NODE: chroot_vars})
-    logs = tmp / "logs"
-    logs.mkdir()
-    limit = ("--limit", NODE)
 
-    image = run_playbook(
-        inventory, "site.yml", *limit, "-e", "edge_agent_identity=false", log=logs / "image.log"
-    )
+    stock = make_stock_image(tmp / "stock.img")
+    image = tmp / "edge-agent.img"
+    proc = subprocess.run(
+        [str(REPO / "images" / "rpi-image.sh"), "-i", str(inventory), "-w", str(wheels),
+         "-m", str(MODELS), str(stock), str(image)],
+        capture_output=True, text=True, timeout=900, env=controller_env(), check=False,
+    )  # fmt: skip
+    image_run = PlayResult(proc.returncode, proc.stdout + proc.stderr)
+    (logs / "image.log").write_text(image_run.output)
+    assert image_run.rc == 0, image_run.output[-4000:]
+    stock.unlink()
+
+    mounted.append(MountedImage(image, root))
+    image_etc = sorted(p.name for p in (root / "etc" / "edge-agent").iterdir())
     # the technician's bundle for this node, copied onto the boot partition of the image
     bundles = tmp / "bundles"
     bundle = run_playbook(
-        inventory, "bundle.yml", *limit, "-e", f"edge_agent_bundle_dir={bundles}",
+        inventory, "bundle.yml", "--limit", NODE, "-e", f"edge_agent_bundle_dir={bundles}",
         log=logs / "bundle.log",
     )  # fmt: skip
     assert bundle.rc == 0, bundle.output[-3000:]
-    boot = root / "boot" / "firmware" / "edge-agent"
-    shutil.copytree(bundles / NODE, boot)
+    shutil.copytree(bundles / NODE, root / "boot" / "firmware" / "edge-agent")
     provision = in_root(root, "/usr/local/sbin/edge-agent-provision")
 
-    node = run_playbook(inventory, "site.yml", *limit, log=logs / "node.log")
-    again = run_playbook(inventory, "site.yml", *limit, log=logs / "again.log")
-    return Provisioned(root, image, bundles / NODE, provision, node, again, logs)
+    node = run_playbook(inventory, "site.yml", "--limit", NODE, log=logs / "node.log")
+    again = run_playbook(inventory, "site.yml", "--limit", NODE, log=logs / "again.log")
+    return Provisioned(root, image_run, image_etc, provision, node, again, logs)
 
 
 def test_image_mode_installs_the_agent_without_any_identity(provisioned: Provisioned) -> None:
-    run = provisioned.image_run
-    assert run.rc == 0, run.output[-4000:]
-    assert run.recap(NODE)["failed"] == 0
+    recap = provisioned.image_run.recap("image-build")
+    assert recap["failed"] == 0
+    assert recap["changed"] > 0
+    assert provisioned.image_etc == []  # no config, no key, no password in the shared image
     out = provisioned.image_run.output
     assert "Install the node's client key" not in out
     assert "Install the agent configuration" not in out
-    # the provisioning unit is enabled in the image
+    # the provisioning unit is enabled in the image; the agent too (it waits for a config)
     wants = provisioned.root / "etc/systemd/system/multi-user.target.wants"
     assert (wants / "edge-agent-provision.service").is_symlink()
+    assert (wants / "edge-agent.service").is_symlink()
 
 
 def test_first_boot_installs_the_bundle_and_wipes_it(provisioned: Provisioned) -> None:
