@@ -317,7 +317,7 @@ def commune(deps: None) -> Iterator[Commune]:
     The folder is world-traversable: mosquitto, started as root, switches to the mosquitto
     user, so the role's owners and modes are what make it work.
     """
-    work = Path(tempfile.mkdtemp(prefix="edge-agent-broker-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="edge-agent-commune-", dir="/tmp"))
     work.chmod(0o755)
     try:
         ca(work, "init", COMMUNE)
