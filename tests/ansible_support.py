@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def controller_env() -> dict[str, str]:
 class PlayResult:
     rc: int
     output: str
+    seconds: float = 0.0
 
     def recap(self, host: str) -> dict[str, int]:
         """The PLAY RECAP counters of one host (ok, changed, failed, ...)."""
@@ -68,13 +70,14 @@ def run_playbook(
         "--vault-id", f"{VAULT_ID}@{inventory.parent / 'vault-password.TEST-ONLY'}",
         str(ANSIBLE_DIR / "playbooks" / playbook), *args,
     ]  # fmt: skip
+    t0 = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=ANSIBLE_DIR, env=controller_env(), capture_output=True, text=True,
         timeout=timeout, check=False,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     log.write_text(out)
-    return PlayResult(proc.returncode, out)
+    return PlayResult(proc.returncode, out, time.monotonic() - t0)
 
 
 def copy_example_inventory(dest: Path, host_vars: dict[str, str]) -> Path:

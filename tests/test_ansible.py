@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +113,13 @@ def _provision(tmp: Path, mounted: list[MountedImage]) -> Provisioned:
 
     stock = make_stock_image(tmp / "stock.img")
     image = tmp / "edge-agent.img"
+    t0 = time.monotonic()
     proc = subprocess.run(
         [str(REPO / "images" / "rpi-image.sh"), "-i", str(inventory), "-w", str(wheels),
          "-m", str(MODELS), str(stock), str(image)],
         capture_output=True, text=True, timeout=900, env=controller_env(), check=False,
     )  # fmt: skip
-    image_run = PlayResult(proc.returncode, proc.stdout + proc.stderr)
+    image_run = PlayResult(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0)
     (logs / "image.log").write_text(image_run.output)
     assert image_run.rc == 0, image_run.output[-4000:]
     stock.unlink()
@@ -136,6 +138,10 @@ def _provision(tmp: Path, mounted: list[MountedImage]) -> Provisioned:
 
     node = run_playbook(inventory, "site.yml", "--limit", NODE, log=logs / "node.log")
     again = run_playbook(inventory, "site.yml", "--limit", NODE, log=logs / "again.log")
+    print(
+        f"\nrpi-image.sh {image_run.seconds:.0f}s, bundle {bundle.seconds:.0f}s, "
+        f"node mode {node.seconds:.0f}s, second run {again.seconds:.0f}s"
+    )
     return Provisioned(root, image_run, image_etc, provision, node, again, logs)
 
 
@@ -160,6 +166,9 @@ def test_first_boot_installs_the_bundle_and_wipes_it(provisioned: Provisioned) -
     assert not (root / "boot/firmware/edge-agent").exists()
     key = in_root(root, "stat", "-c", "%U:%G %a", "/etc/edge-agent/client.key")
     assert key.stdout.strip() == "root:edgeagent 640"
+    script = root / "usr/local/sbin/edge-agent-provision"
+    lint = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
+    assert lint.returncode == 0, lint.stdout
 
 
 def test_node_mode_converges_and_a_second_run_changes_nothing(provisioned: Provisioned) -> None:
@@ -259,6 +268,23 @@ def test_journald_timesync_and_pi_watchdog_drop_ins(provisioned: Provisioned) ->
     assert (
         "RuntimeWatchdogSec=15" in (etc / "system.conf.d/50-edge-agent-watchdog.conf").read_text()
     )
+
+
+def test_an_invalid_bundle_keeps_the_working_configuration(provisioned: Provisioned) -> None:
+    root = provisioned.root
+    before = (root / "etc/edge-agent/agent.yaml").read_text()
+    bundle = root / "boot/firmware/edge-agent"
+    bundle.mkdir()
+    (bundle / "agent.yaml").write_text(before.replace("node_id: xd-0001", "node_id: Not An Id"))
+    try:
+        out = in_root(root, "/usr/local/sbin/edge-agent-provision")
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "node_id" in out.stderr  # check-config names the field
+        assert (bundle / "agent.yaml").exists()  # kept for the technician
+        assert (root / "etc/edge-agent/agent.yaml").read_text() == before
+        assert not list((root / "etc").glob("edge-agent.provision-backup.*"))
+    finally:
+        shutil.rmtree(bundle)
 
 
 def test_ansible_lint_production_profile(deps: None) -> None:
