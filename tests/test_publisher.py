@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
-from agent.errors import LinkError
+from agent.errors import ConfigError
 from agent.mqtt_link import MqttLink, backoff_delay
 from agent.outbox import Outbox, OutMessage
 from agent.publisher import Publisher
@@ -26,6 +27,7 @@ from tests.mqtt_support import Mosquitto, Received, Subscriber  # `broker`: test
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "camnet/c1/n1"
+TOPICS = Topics("camnet", "c1", "n1")
 OFFLINE = b'{"state":"offline"}'
 
 
@@ -59,7 +61,7 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
         cfg = MqttConfig(port=port, reconnect_min_s=0.05, reconnect_max_s=0.3, **mqtt)
         outbox = Outbox.open(OutboxConfig(path=tmp_path / f"outbox{len(made)}.db"))
         link = MqttLink(cfg, BASE, f"edge-n{len(made)}", OFFLINE, online)
-        agent = Agent(outbox, link, Publisher(outbox, link, cfg))
+        agent = Agent(outbox, link, Publisher(outbox, link, cfg, TOPICS))
         link.start()
         agent.publisher.start()
         made.append(agent)
@@ -271,10 +273,11 @@ def test_refused_connection_is_logged_once_and_retried_with_backoff(
         b.stop()
 
 
-def test_bad_tls_material_is_a_link_error(tmp_path: Path) -> None:
+def test_bad_tls_material_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
     tls = TlsConfig(enabled=True, ca_file=tmp_path / "missing-ca.pem")
-    with pytest.raises(LinkError, match="TLS"):
+    with pytest.raises(ConfigError) as err:
         MqttLink(MqttConfig(tls=tls), BASE, "edge-x", OFFLINE, online)
+    assert err.value.problems[0][0] == "mqtt.tls.ca_file"
 
 
 def test_backoff_grows_jittered_and_capped() -> None:
