@@ -69,7 +69,10 @@ PY
 wheels() {
   # Dependency wheels only (the agent's own wheel is built by the test from the checkout).
   local stamp_id dir
-  stamp_id=$(cat pyproject.toml <("$TARGET_PYTHON" -V) | sha256sum | cut -c1-12)
+  # keyed by the runtime dependencies and the Python version (not by dev tools)
+  stamp_id=$("$TARGET_PYTHON" -c 'import sys, tomllib
+print(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sys.version_info[:2])' \
+             | sha256sum | cut -c1-12)
   dir="$CACHE/wheelhouse-$stamp_id"
   if [ ! -f "$dir/.complete" ]; then
     echo "ansible-deps: dependency wheels for $("$TARGET_PYTHON" -V) in $dir"
@@ -80,6 +83,7 @@ wheels() {
     rm -f "$dir"/edge_agent-*.whl
     rm -rf "$CACHE/wheelvenv" build ./*.egg-info
     touch "$dir/.complete"
+    find "$CACHE" -maxdepth 1 -name 'wheelhouse-*' ! -name "wheelhouse-$stamp_id" -exec rm -rf {} +
   fi
   ln -sfn "$dir" "$CACHE/wheelhouse"
   # builds the agent's own wheel offline at test time (pip wheel --no-build-isolation)

@@ -165,7 +165,7 @@ def test_first_boot_installs_the_bundle_and_wipes_it(provisioned: Provisioned) -
     assert "ok (1 camera(s), node xd-0001)" in provisioned.provision.stdout
     assert not (root / "boot/firmware/edge-agent").exists()
     key = in_root(root, "stat", "-c", "%U:%G %a", "/etc/edge-agent/client.key")
-    assert key.stdout.strip() == "root:edgeagent 640"
+    assert key.stdout.strip() == "edgeagent:edgeagent 600"
     script = root / "usr/local/sbin/edge-agent-provision"
     lint = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
     assert lint.returncode == 0, lint.stdout
@@ -190,21 +190,22 @@ def test_the_venv_runs_the_agent_and_accepts_the_rendered_config(
         root, "/opt/edge-agent/venv/bin/edge-agent", "check-config", "/etc/edge-agent/agent.yaml"
     )
     assert check.returncode == 0, check.stderr
+    assert "warning" not in check.stderr  # no secret readable by other users
     heavy = in_root(root, "/opt/edge-agent/venv/bin/python", "-c", "import cv2, onnxruntime")
     assert heavy.returncode == 0, heavy.stderr
     cfg = (root / "etc/edge-agent/agent.yaml").read_text()
     assert "node_id: xd-0001" in cfg
     assert 'password_file: "/etc/edge-agent/camera-gate.password"' in cfg
-    assert "gate#pass" not in cfg  # the camera password lives only in its 0640 file
+    assert "gate#pass" not in cfg  # the camera password lives only in its 0600 file
 
 
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
         ("/etc/edge-agent", "root:edgeagent 750"),
-        ("/etc/edge-agent/agent.yaml", "root:edgeagent 640"),
-        ("/etc/edge-agent/client.key", "root:edgeagent 640"),
-        ("/etc/edge-agent/camera-gate.password", "root:edgeagent 640"),
+        ("/etc/edge-agent/agent.yaml", "edgeagent:edgeagent 600"),
+        ("/etc/edge-agent/client.key", "edgeagent:edgeagent 600"),
+        ("/etc/edge-agent/camera-gate.password", "edgeagent:edgeagent 600"),
         ("/etc/edge-agent/client.crt", "root:root 644"),
         ("/etc/edge-agent/ca.crt", "root:root 644"),
         ("/var/lib/edge-agent", "edgeagent:edgeagent 700"),
@@ -242,8 +243,9 @@ def test_unit_is_enabled_and_clean_under_the_rootfs_systemd(provisioned: Provisi
         assert out.stdout + out.stderr == "", f"{unit}: {out.stdout}{out.stderr}"
     text = (root / UNIT.lstrip("/")).read_text()
     for line in (
-        "Type=notify", "NotifyAccess=main", "WatchdogSec=60", "Restart=on-failure",
+        "Type=notify", "NotifyAccess=main", "WatchdogSec=30", "Restart=on-failure",
         "RestartPreventExitStatus=2 3", "StartLimitBurst=10", "NoNewPrivileges=yes",
+        "Environment=MALLOC_ARENA_MAX=2", "ProtectProc=invisible",
         "ProtectSystem=strict", "ReadWritePaths=/var/lib/edge-agent", "PrivateTmp=yes",
         "ProtectHome=yes", "DevicePolicy=closed", "DeviceAllow=char-video4linux rw",
         "CapabilityBoundingSet=\n",
@@ -534,6 +536,7 @@ def agent_config(commune: Commune, deps: None) -> Path:
             "ansible_connection": "local",
             "ansible_python_interpreter": sys.executable,
             "edge_agent_start_service": False,
+            "edge_agent_user": "root",
             "edge_agent_group": "root",
             "edge_agent_config_dir": str(work / "etc"),
             "edge_agent_data_dir": str(work / "data"),
