@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the Ansible tests (tests/test_ansible.py) need, cached between runs under
 # $EDGE_AGENT_TEST_CACHE (default /var/cache/edge-agent-tests). Safe to run again.
-#   - apt: debootstrap, openssl, shellcheck, mosquitto-clients
+#   - apt: debootstrap, openssl, shellcheck, mosquitto-clients, fdisk, dosfstools, podman, runc
 #   - a controller virtualenv (ansible-core 2.19.x + ansible-lint), separate from .venv
 #   - community.general and ansible.posix taken out of the `ansible` wheel on PyPI
 #     (Galaxy is unreachable from here)
@@ -31,6 +31,9 @@ apt_deps() {
   command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || pkgs+=(dosfstools)
   command -v resize2fs >/dev/null 2>&1 || [ -x /usr/sbin/resize2fs ] || pkgs+=(e2fsprogs)
   command -v xz >/dev/null 2>&1 || pkgs+=(xz-utils)
+  # boot the provisioned rootfs with systemd as PID 1 (podman works here with runc only)
+  command -v podman >/dev/null 2>&1 || pkgs+=(podman)
+  command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || pkgs+=(runc)
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
   "$TARGET_PYTHON" -c "import venv, ensurepip" 2>/dev/null || pkgs+=(python3-venv)
   if [ "${#pkgs[@]}" -gt 0 ]; then

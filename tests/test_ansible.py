@@ -289,6 +289,86 @@ def test_an_invalid_bundle_keeps_the_working_configuration(provisioned: Provisio
         shutil.rmtree(bundle)
 
 
+@dataclass(frozen=True)
+class Booted:
+    active: str
+    show: dict[str, str]
+    proc_status: dict[str, str]
+    security: str
+    journal: str
+
+
+def _podman(*args: str, env: dict[str, str], timeout: float = 300) -> str:
+    return subprocess.run(
+        ["podman", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def booted(provisioned: Provisioned) -> Iterator[Booted]:
+    """The provisioned image booted with systemd as PID 1 (rootful podman, runc, no network):
+    the agent under the real unit, sandbox and notify protocol included."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman not installed: run scripts/ansible-deps.sh")
+    conf = provisioned.logs / "containers.conf"
+    conf.write_text(
+        '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n'
+        '[engine]\nruntime = "runc"\n'
+    )
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    name = f"edge-agent-boot-{os.getpid()}"
+    image = f"localhost/{name}:latest"
+    tar = subprocess.Popen(["tar", "-C", str(provisioned.root), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(
+        ["podman", "import", "-q", "-", image], stdin=tar.stdout, env=env, check=True,
+        capture_output=True, timeout=600,
+    )  # fmt: skip
+    tar.wait(60)
+    try:
+        _podman(
+            "run", "-d", "--name", name, "--network", "none", "--systemd=always", image,
+            "/lib/systemd/systemd", env=env,
+        )  # fmt: skip
+        unit = "edge-agent.service"
+        active = ""
+        for _ in range(90):  # boot, model load, READY=1
+            active = _podman("exec", name, "systemctl", "is-active", unit, env=env)
+            if active in {"active", "failed"}:
+                break
+            time.sleep(1)
+        # outlive WatchdogSec (30 s): pings must keep coming, or systemd restarts the agent
+        time.sleep(40)
+        props = "ActiveState,SubState,NRestarts,StatusText,MainPID,Result"
+        show_text = _podman("exec", name, "systemctl", "show", unit, "-p", props, env=env)
+        show = dict(line.split("=", 1) for line in show_text.splitlines() if "=" in line)
+        status = _podman("exec", name, "cat", f"/proc/{show.get('MainPID', '0')}/status", env=env)
+        proc_status = {
+            k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines())
+        }
+        security = _podman("exec", name, "systemd-analyze", "security", unit, env=env)
+        journal = _podman("exec", name, "journalctl", "-u", unit, "--no-pager", env=env)
+        yield Booted(active, show, proc_status, security, journal)
+    finally:
+        _podman("rm", "-f", "-t", "1", name, env=env)
+        _podman("rmi", "-f", image, env=env)
+
+
+def test_the_agent_runs_under_systemd_with_its_sandbox(booted: Booted) -> None:
+    assert booted.active == "active", booted.journal[-3000:]
+    assert booted.show["ActiveState"] == "active", booted.journal[-3000:]
+    assert booted.show["NRestarts"] == "0", booted.journal[-3000:]  # watchdog pings arrive
+    assert "camera" in booted.show["StatusText"]  # the agent's STATUS= line
+    assert booted.proc_status["NoNewPrivs"] == "1"
+    assert booted.proc_status["CapBnd"] == "0000000000000000"
+    assert booted.proc_status["CapEff"] == "0000000000000000"
+    assert booted.proc_status["Seccomp"] == "2"  # SystemCallFilter in force
+    assert booted.proc_status["Uid"].split()[0] != "0"
+    m = re.search(r"Overall exposure level for edge-agent.service: ([\d.]+) (\w+)", booted.security)
+    assert m, booted.security[-2000:]
+    print(f"systemd-analyze security (booted): {m.group(1)} {m.group(2)}")
+    assert float(m.group(1)) <= SECURITY_MAX_EXPOSURE
+
+
 def test_ansible_lint_production_profile(deps: None) -> None:
     proc = subprocess.run(
         [str(CONTROLLER / "bin" / "ansible-lint"), "--offline", "--profile", "production"],
