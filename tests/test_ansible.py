@@ -7,12 +7,15 @@ Needs root (chroot, debootstrap) and what scripts/ansible-deps.sh caches (``make
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -479,6 +482,19 @@ def commune(deps: None) -> Iterator[Commune]:
             log.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_broker_files_are_readable_by_the_mosquitto_user_only(commune: Commune) -> None:
+    etc = commune.dir / "etc"
+    mosquitto_gid = grp.getgrnam("mosquitto").gr_gid
+    for path in (etc / "certs" / "broker.key", etc / "acl", etc / "mosquitto.conf"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, mosquitto_gid, 0o640), path
+    data = (commune.dir / "data").stat()
+    assert (pwd.getpwuid(data.st_uid).pw_name, stat.S_IMODE(data.st_mode)) == ("mosquitto", 0o700)
+    conf = (etc / "mosquitto.conf").read_text()
+    for line in ("autosave_interval 5", "max_queued_messages 100000", "require_certificate true"):
+        assert f"\n{line}\n" in conf
 
 
 class Client:
