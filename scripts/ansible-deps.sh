@@ -98,8 +98,13 @@ print(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sys
   fi
 }
 
+# The packages the edge_agent role installs, downloaded into the rootfs's apt cache now so
+# that the test installs them without any network (the role runs with update_cache off there).
+ROLE_DEBS="python3-venv systemd-timesyncd"
+ROOTFS_VERSION=2   # bump when what goes into the tarball changes
+
 rootfs() {
-  local tarball="$CACHE/rootfs-$SUITE-amd64.tar" mirror tmp
+  local tarball="$CACHE/rootfs-$SUITE-amd64-v$ROOTFS_VERSION.tar" mirror tmp
   [ -f "$tarball" ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     echo "ansible-deps: not root, no root filesystem (the chroot tests need root)" >&2
@@ -115,9 +120,17 @@ rootfs() {
     echo "ansible-deps: debootstrap failed, see $CACHE/debootstrap.log" >&2
     rm -rf "$tmp"; return 1
   fi
-  rm -rf "$tmp/root/var/cache/apt/archives/"*.deb
+  rm -f "$tmp/root/var/cache/apt/archives/"*.deb
+  # shellcheck disable=SC2086  # a list of package names
+  if ! { chroot "$tmp/root" apt-get update -qq &&
+         chroot "$tmp/root" apt-get install -qq -y --download-only --no-install-recommends \
+           $ROLE_DEBS; } >>"$CACHE/debootstrap.log" 2>&1; then
+    echo "ansible-deps: downloading $ROLE_DEBS into the rootfs failed, see $CACHE/debootstrap.log" >&2
+    rm -rf "$tmp"; return 1
+  fi
   tar -C "$tmp/root" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
   rm -rf "$tmp"
+  find "$CACHE" -maxdepth 1 -name "rootfs-$SUITE-amd64*.tar" ! -name "${tarball##*/}" -delete
 }
 
 case "${1:-all}" in

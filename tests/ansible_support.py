@@ -22,7 +22,7 @@ EXAMPLE = ANSIBLE_DIR / "inventories" / "example"
 VAULT_ID = "xuan-dinh"
 CACHE = Path(os.environ.get("EDGE_AGENT_TEST_CACHE", "/var/cache/edge-agent-tests"))
 CONTROLLER = CACHE / "controller"
-ROOTFS_TAR = CACHE / "rootfs-bookworm-amd64.tar"
+ROOTFS_TAR = CACHE / "rootfs-bookworm-amd64-v2.tar"  # scripts/ansible-deps.sh ROOTFS_VERSION
 
 
 def ensure_deps() -> None:
@@ -80,11 +80,15 @@ def run_playbook(
     return PlayResult(proc.returncode, out, time.monotonic() - t0)
 
 
-def copy_example_inventory(dest: Path, host_vars: dict[str, str]) -> Path:
-    """The example inventory in ``dest`` plus a ``ci.yml`` of extra host variables per host."""
+def copy_example_inventory(
+    dest: Path, host_vars: dict[str, str], group_vars: dict[str, str] | None = None
+) -> Path:
+    """The example inventory in ``dest`` plus a ``ci.yml`` of extra variables per host/group."""
     shutil.copytree(EXAMPLE, dest)
     for host, text in host_vars.items():
         (dest / "host_vars" / host / "ci.yml").write_text(text)
+    for group, text in (group_vars or {}).items():
+        (dest / "group_vars" / group / "ci.yml").write_text(text)
     return dest / "hosts.yml"
 
 

@@ -112,7 +112,10 @@ def _provision(tmp: Path, mounted: list[MountedImage]) -> Provisioned:
         f"edge_agent_wheelhouse: {wheels}\n"
         f"edge_agent_model_src_dir: {MODELS}\n"
     )
-    inventory = copy_example_inventory(tmp / "inventory", {NODE: chroot_vars})
+    # no network at test time: the role's packages are in the cached rootfs's apt cache
+    inventory = copy_example_inventory(
+        tmp / "inventory", {NODE: chroot_vars}, {"nodes": "edge_agent_apt_update_cache: false\n"}
+    )
 
     stock = make_stock_image(tmp / "stock.img")
     image = tmp / "edge-agent.img"
