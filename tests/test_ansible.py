@@ -75,6 +75,7 @@ class Provisioned:
     provision: subprocess.CompletedProcess[str]
     node_run: PlayResult
     again_run: PlayResult
+    identity_run: PlayResult
     logs: Path
 
 
@@ -144,11 +145,14 @@ def _provision(tmp: Path, mounted: list[MountedImage]) -> Provisioned:
 
     node = run_playbook(inventory, "site.yml", "--limit", NODE, log=logs / "node.log")
     again = run_playbook(inventory, "site.yml", "--limit", NODE, log=logs / "again.log")
+    identity = run_playbook(
+        inventory, "site.yml", "--limit", NODE, "--tags", "identity", log=logs / "identity.log"
+    )
     print(
         f"\nrpi-image.sh {image_run.seconds:.0f}s, bundle {bundle.seconds:.0f}s, "
         f"node mode {node.seconds:.0f}s, second run {again.seconds:.0f}s"
     )
-    return Provisioned(root, image_run, image_etc, provision, node, again, logs)
+    return Provisioned(root, image_run, image_etc, provision, node, again, identity, logs)
 
 
 def test_image_mode_installs_the_agent_without_any_identity(provisioned: Provisioned) -> None:
@@ -183,6 +187,15 @@ def test_node_mode_converges_and_a_second_run_changes_nothing(provisioned: Provi
     recap = provisioned.again_run.recap(NODE)
     assert recap["changed"] == 0, provisioned.again_run.output[-6000:]
     assert recap["failed"] == 0
+
+
+def test_an_identity_only_run_touches_only_the_identity(provisioned: Provisioned) -> None:
+    run = provisioned.identity_run
+    assert run.rc == 0, run.output[-4000:]
+    assert run.recap(NODE)["changed"] == 0
+    assert "Install the agent configuration" in run.output
+    assert "Copy the wheelhouse" not in run.output
+    assert "Copy the model" not in run.output
 
 
 def test_the_venv_runs_the_agent_and_accepts_the_rendered_config(
