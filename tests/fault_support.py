@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -138,13 +140,27 @@ def integrity(db: Path) -> str:
         conn.close()
 
 
-def outbox_ids(db: Path) -> set[str]:
-    """Message ids queued in the outbox now (read-only; the agent may be running)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return {r[0] for r in conn.execute("SELECT msg_id FROM messages")}
-    finally:
-        conn.close()
+def outbox_ids(db: Path, running: AgentProcess) -> set[str]:
+    """Message ids queued in the outbox of a running agent.
+
+    The agent holds its outbox with ``locking_mode = EXCLUSIVE``, so nobody else may open it:
+    the agent is paused (SIGSTOP: no write can be half done), the file and its WAL copied, the
+    agent resumed, and the copy read (SQLite recovers the WAL's committed frames)."""
+    with tempfile.TemporaryDirectory(prefix="outbox-copy-") as tmp:
+        copy = Path(tmp) / db.name
+        os.kill(running.pid, signal.SIGSTOP)
+        try:
+            for suffix in ("", "-wal"):
+                src = Path(f"{db}{suffix}")
+                if src.exists():
+                    shutil.copyfile(src, f"{copy}{suffix}")
+        finally:
+            os.kill(running.pid, signal.SIGCONT)
+        conn = sqlite3.connect(copy)
+        try:
+            return {r[0] for r in conn.execute("SELECT msg_id FROM messages")}
+        finally:
+            conn.close()
 
 
 def events(msgs: list[Received]) -> list[Json]:

@@ -182,11 +182,11 @@ def test_frozen_broker_keeps_rows_until_puback_and_the_dead_link_is_found(
         pbroker.freeze()
         try:
             time.sleep(1.0)  # PUBACKs already on the wire are taken in
-            held = outbox_ids(db)
+            held = outbox_ids(db, a)
             # found dead by the keepalive while the broker is still frozen
             assert wait_until(lambda: lost in a.log(), 5 * KEEPALIVE_S), a.log()[-3000:]
-            assert wait_until(lambda: len(outbox_ids(db)) > len(held), 40)  # events still come
-            still = outbox_ids(db)
+            assert wait_until(lambda: len(outbox_ids(db, a)) > len(held), 40)  # events still come
+            still = outbox_ids(db, a)
             assert held <= still, f"deleted before their PUBACK: {sorted(held - still)}"
         finally:
             pbroker.thaw()
