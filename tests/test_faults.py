@@ -436,18 +436,27 @@ def test_disk_full_is_reported_without_a_crash_and_recovers(
 # -- clocks -------------------------------------------------------------------------------------
 
 
-def faketime_prefix(offset: str) -> tuple[str, ...]:
-    if shutil.which("faketime") is None:
-        pytest.skip("faketime not installed (Debian: faketime; make setup-tests installs it)")
-    # the wall clock jumps; the monotonic clock does not (as on a real box whose NTP or RTC
-    # sets the time). With a faked monotonic clock too, libfaketime's timed waits hung the agent.
-    return ("env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", offset)
+FAKETIME_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/arm-linux-gnueabihf/faketime/libfaketime.so.1",
+)
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """libfaketime preloaded into the agent itself (the ``faketime`` wrapper would sit between
+    the test and the agent, so a kill by pid would miss the agent). The wall clock jumps; the
+    monotonic clock does not (as on a real box whose NTP or RTC sets the time)."""
+    lib = next((p for p in FAKETIME_LIBS if Path(p).exists()), None)
+    if lib is None:
+        pytest.skip("libfaketime not installed (Debian: faketime; make setup-tests installs it)")
+    return {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 def test_restart_with_the_clock_set_back_years_keeps_seq_monotonic(
     tmp_path: Path, pbroker: Mosquitto, server: Subscriber
 ) -> None:
-    back = faketime_prefix("-3650d")
+    back = faketime_env("-3650d")
     config = fault_config(tmp_path, pbroker.port, camera={"source": str(SHORT_CLIP)})
     db = db_of(config)
     db.parent.mkdir(parents=True)
@@ -456,7 +465,7 @@ def test_restart_with_the_clock_set_back_years_keeps_seq_monotonic(
         assert a.proc.wait(120) == 0, a.log()[-3000:]
     first_run = seqs_of(server.messages)
     assert first_run
-    with agent(config, tmp_path / "logs", prefix=back) as a:  # the same file, ten years ago
+    with agent(config, tmp_path / "logs", env=back) as a:  # the same file, ten years ago
         assert a.proc.wait(120) == 0, a.log()[-3000:]
     second_run = seqs_of(server.messages) - first_run
     assert second_run
@@ -469,7 +478,7 @@ def test_quarantine_with_the_clock_set_back_years_keeps_seq_monotonic(
 ) -> None:
     """A Pi without an RTC boots at its last shutdown time or in 1970: a corrupt outbox found
     then must not restart ``seq`` below what the server already has (high-water mark)."""
-    back = faketime_prefix("-3650d")
+    back = faketime_env("-3650d")
     config = fault_config(tmp_path, pbroker.port, camera={"source": str(SHORT_CLIP)})
     db = db_of(config)
     db.parent.mkdir(parents=True)
@@ -481,7 +490,7 @@ def test_quarantine_with_the_clock_set_back_years_keeps_seq_monotonic(
     db.write_bytes(os.urandom(8192))  # lost again, and the clock is ten years back
     for extra in db.parent.glob("outbox.db-*"):
         extra.unlink()
-    with agent(config, tmp_path / "logs", prefix=back) as a:
+    with agent(config, tmp_path / "logs", env=back) as a:
         assert a.proc.wait(120) == 0, a.log()[-3000:]
     second_run = seqs_of(server.messages) - first_run
     assert second_run
