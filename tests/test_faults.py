@@ -310,6 +310,12 @@ def test_agent_sigkilled_at_50_random_moments_with_a_live_camera(
             assert server.wait_for(lambda ms: len(heartbeats(ms[n:])) >= 3, 60), a.log()[-3000:]
             assert a.terminate() == 0, a.log()[-3000:]
     assert integrity(db_of(config)) == "ok"
+    beats = heartbeats(server.messages)
+    cam_log = (logs / "camera.log").read_text(errors="replace")[-1000:]
+    assert outbox_stats(config)["last_seq"] > 0, (
+        f"no event committed; last heartbeat cameras: {beats[-1]['cameras'] if beats else None}"
+        f"; camera log: {cam_log}; agent log: {(logs / 'stderr').read_text()[-2000:]}"
+    )
     view = finish_and_check(config, server, visits=False)
     new = sum(1 for e in events(server.messages) if e["type"] == "new")
     print(
