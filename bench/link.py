@@ -32,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig
 from agent.localbroker import LocalBroker
 from agent.mqtt_link import MqttLink
@@ -123,7 +124,7 @@ def node(folder: Path, port: int) -> Iterator[Node]:
     cfg = MqttConfig(port=port, keepalive_s=5, reconnect_min_s=0.05, reconnect_max_s=0.5)
     outbox = Outbox.open(OutboxConfig(path=folder / f"{uuid.uuid4().hex[:6]}.db"))
     link = MqttLink(cfg, BASE, f"bench-{uuid.uuid4().hex[:6]}", b"offline", lambda: b"online")
-    pub = Publisher(outbox, link, cfg)
+    pub = Publisher(outbox, link, cfg, Topics(*BASE.split("/")))
     link.start()
     pub.start()
     try:
