@@ -272,12 +272,27 @@ def loop_camera(logs: Path) -> Iterator[str]:
     with (logs / "camera.log").open("wb") as out:
         proc = subprocess.Popen([SYSTEM_PYTHON, str(LOOP_CAMERA), str(CLIP), str(port)],
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    keeper: subprocess.Popen[bytes] | None = None
     try:
         assert wait_until(lambda: port_open(port), 30), (logs / "camera.log").read_text()
-        yield f"rtsp://127.0.0.1:{port}/cam"
+        url = f"rtsp://127.0.0.1:{port}/cam"
+        # A real camera streams on whatever its viewers do; this server restarts the clip
+        # when its last viewer leaves. A viewer of our own keeps the stream going, so each
+        # restarted agent joins it mid-clip (people in view) instead of at 0 s (nobody yet).
+        gst = shutil.which("gst-launch-1.0")
+        if gst is None:
+            pytest.skip("gst-launch-1.0 not installed (Debian: gstreamer1.0-tools)")
+        with (logs / "keeper.log").open("wb") as out:
+            keeper = subprocess.Popen(
+                [gst, "-q", "rtspsrc", f"location={url}", "protocols=tcp", "!", "fakesink"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        yield url
     finally:
-        proc.kill()
-        proc.wait(10)
+        for p in (keeper, proc):
+            if p is not None:
+                p.kill()
+                p.wait(10)
 
 
 @pytest.mark.slow
