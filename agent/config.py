@@ -126,7 +126,7 @@ class MqttConfig(Section):
     reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect delay (jittered).")
     max_inflight: int = Field(16, ge=1, le=1000, description="Unacknowledged messages at once.")
     max_inflight_snapshots: int = Field(
-        2,
+        1,
         ge=1,
         le=1000,
         description="Of those, at most this many snapshots: an event waits behind at most "
