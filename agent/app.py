@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent import __version__
+from agent.assembly import make_pipeline
 from agent.capture import CaptureThread
 from agent.codec import Topics, encode_status
 from agent.config import CameraConfig, Settings
 from agent.detector import Detector, load_detector
-from agent.events import EventBuilder
 from agent.heartbeat import (
     CameraHeartbeat,
     Heartbeat,
@@ -34,11 +34,10 @@ from agent.heartbeat import (
 from agent.metrics import PipelineCounters
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
-from agent.pipeline import CameraPipeline, CameraWorker
+from agent.pipeline import CameraWorker
 from agent.publisher import Publisher
 from agent.sink import OutboxSink
 from agent.sources import source_kind
-from agent.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +98,8 @@ class App:
         )  # fmt: skip
 
     def _camera(self, cfg: CameraConfig, sink: OutboxSink) -> Camera:
-        ev = self.settings.events
-        tracker = Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s)
-        builder = EventBuilder(
-            cfg.id, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
-            snapshot_gain=ev.snapshot_gain, snapshots=self.settings.snapshots.enabled,
-        )  # fmt: skip
         counters = PipelineCounters()
-        pipeline = CameraPipeline(
-            self.detector, tracker, builder, sink, counters, detect_fps=cfg.detect_fps
-        )
+        pipeline = make_pipeline(self.settings, cfg, self.detector, sink, counters)
         capture = CaptureThread.for_camera(cfg)
         live = source_kind(cfg.source) != "file"
         worker = CameraWorker(cfg.id, capture.slot, pipeline, live=live)

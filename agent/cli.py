@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--threads", type=int, default=2)
     det.add_argument("--every", type=int, default=1, help="clips: detect on every Nth frame")
     det.add_argument("--annotate", type=Path, help="write the picture (last frame) with boxes")
+    ev = sub.add_parser("evaluate", help="score the events of a labelled clip (counting quality)")
+    ev.add_argument("clip", type=Path)
+    ev.add_argument("labels", type=Path, help="CSV: label,first,last,visibility[,note]")
+    ev.add_argument("--detect-fps", type=float, nargs="+", default=[5.0])
+    ev.add_argument("--model", type=Path, default=DetectorConfig().model)
+    ev.add_argument("--config", type=Path, help="use this config's detector, events, camera")
+    ev.add_argument("--camera", default="", help="with --config: the camera id (default first)")
+    ev.add_argument("--json", action="store_true", help="one JSON object per detect fps")
     box = sub.add_parser("outbox", help="inspect or deliver the durable outbox")
     box.add_argument("action", choices=["stats", "drain"])
     box.add_argument("--config", type=Path, required=True)
@@ -93,6 +101,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from agent.evaluate import run_all
+
+    return run_all(args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import App
 
@@ -130,6 +144,7 @@ COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "detect": cmd_detect,
+    "evaluate": cmd_evaluate,
     "outbox": cmd_outbox,
     "tail": cmd_tail,
     "demo": cmd_demo,
