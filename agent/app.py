@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent import __version__
-from agent.assembly import make_pipeline
+from agent.assembly import detector_config, make_pipeline
 from agent.capture import CaptureThread
 from agent.codec import Topics, encode_status
 from agent.config import CameraConfig, Settings
@@ -82,7 +82,7 @@ class App:
         self.started_ts = time.time()
         self.outbox = Outbox.open(settings.outbox)
         try:
-            self.detector: Detector = load_detector(settings.detector)
+            self.detector: Detector = load_detector(detector_config(settings))
         except Exception:
             self.outbox.close()
             raise

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from agent.config import CameraConfig, Settings
+from agent.config import CameraConfig, DetectorConfig, Settings
 from agent.detector import Detector
 from agent.events import EventBuilder
 from agent.metrics import PipelineCounters
@@ -11,9 +11,26 @@ from agent.pipeline import CameraPipeline, EventSink
 from agent.tracker import Tracker
 
 
+def detector_config(settings: Settings) -> DetectorConfig:
+    """The detector settings the pipeline loads: thresholds lowered to
+    ``events.track_low_score`` so the tracker's second pass sees low-score detections."""
+    det, low = settings.detector, settings.events.track_low_score
+    return det.model_copy(
+        update={
+            "min_score": min(det.min_score, low),
+            "label_min_score": {k: min(v, low) for k, v in det.label_min_score.items()},
+        }
+    )
+
+
 def make_tracker(settings: Settings) -> Tracker:
-    ev = settings.events
-    return Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s)
+    """The tracker: detections from ``detector.min_score`` (per label overrides) start tracks."""
+    ev, det = settings.events, settings.detector
+    return Tracker(
+        iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s,
+        min_confirm_s=ev.min_confirm_s,
+        high_score=det.min_score, label_high_score=det.label_min_score,
+    )  # fmt: skip
 
 
 def make_pipeline(

@@ -147,6 +147,9 @@ class DetectorConfig(Section):
 
 class EventsConfig(Section):
     min_hits: int = Field(3, ge=1, description="Detections a track needs before it is an event.")
+    min_confirm_s: float = Field(
+        0.8, ge=0, description="... and the time they must span (the same at any detect_fps)."
+    )
     iou_match: float = Field(0.2, gt=0, le=1, description="IoU to match a detection to a track.")
     end_timeout_s: float = Field(
         4.0, gt=0, description="An object unseen this long has left: its event ends."
@@ -159,6 +162,14 @@ class EventsConfig(Section):
     )
     snapshot_gain: float = Field(
         0.1, ge=0, description="A snapshot this much better (score x area) is a change."
+    )
+    track_low_score: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="The detector also returns detections down to this score; below "
+        "detector.min_score they only keep existing tracks alive (a person half hidden in a "
+        "crowd), they never start one.",
     )
 
 

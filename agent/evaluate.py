@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.assembly import make_pipeline
+from agent.assembly import detector_config, make_pipeline
 from agent.config import CameraConfig, DetectorConfig, Settings, load_settings
 from agent.detector import Detector, load_detector
 from agent.domain import Frame
@@ -320,7 +320,7 @@ def run_clip(
 
     cam = settings.cameras[0]
     own = detector is None
-    det = load_detector(settings.detector) if detector is None else detector
+    det = load_detector(detector_config(settings)) if detector is None else detector
     sink = SpanCollector()
     counters = PipelineCounters()
     try:
@@ -366,7 +366,7 @@ def run_all(args: argparse.Namespace) -> int:
     first = eval_settings(
         args.clip, model=args.model, detect_fps=args.detect_fps[0], base=base, camera=args.camera
     )
-    detector = load_detector(first.detector)
+    detector = load_detector(detector_config(first))
     ok = True
     try:
         for fps in args.detect_fps:
