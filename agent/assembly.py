@@ -8,6 +8,7 @@ from agent.detector import Detector
 from agent.events import EventBuilder
 from agent.metrics import PipelineCounters
 from agent.pipeline import CameraPipeline, EventSink
+from agent.scene import CameraScene
 from agent.tracker import Tracker
 
 
@@ -46,6 +47,8 @@ def make_pipeline(
         cam.id, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
         snapshot_gain=ev.snapshot_gain, snapshots=settings.snapshots.enabled,
     )  # fmt: skip
+    scene = CameraScene(cam)
     return CameraPipeline(
-        detector, make_tracker(settings), builder, sink, counters, detect_fps=cam.detect_fps
-    )
+        detector, make_tracker(settings), builder, sink, counters, detect_fps=cam.detect_fps,
+        scene=scene if scene.active else None,
+    )  # fmt: skip

@@ -75,6 +75,9 @@ def encode_event(event: Event, topics: Topics, seq: int) -> bytes:
             "ts": _r(event.ts),
             "has_snapshot": event.has_snapshot,
             "snapshot_topic": topics.snapshot(event.event_id) if event.has_snapshot else None,
+            "zones": list(event.zones),
+            "entered_zones": list(event.entered_zones),
+            "loitering": list(event.loitering),
         }
     )
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,7 @@ from pydantic_settings import (
 
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
+from agent.geometry import polygon_problem
 from agent.redact import source_secrets
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
@@ -84,6 +86,72 @@ class MqttConfig(Section):
         return self
 
 
+def _check_polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    problem = polygon_problem(points)
+    if problem:
+        raise ValueError(problem)
+    return points
+
+
+PolygonField = Annotated[
+    list[tuple[float, float]],
+    AfterValidator(_check_polygon),
+    Field(description="[[x, y], ...] in 0..1 of the frame width/height, at least 3 points."),
+]
+
+
+class ZoneConfig(Section):
+    """A named area of the picture; an object is in it when its bottom centre is."""
+
+    name: str = Field(pattern=_ID, description="Zone name, as events report it: [a-z0-9-].")
+    polygon: PolygonField
+    labels: list[str] = Field(
+        default_factory=list, description="Labels this zone reports (empty: every label)."
+    )
+    inertia_s: float = Field(
+        0.0, ge=0, description="Time an object must be inside before it counts as in the zone."
+    )
+    loitering_s: float | None = Field(
+        None,
+        gt=0,
+        description="Present longer than this: the event gets an update naming the "
+        "zone in 'loitering'.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _coco(cls, labels: list[str]) -> list[str]:
+        unknown = [lab for lab in labels if lab not in COCO_LABELS]
+        if unknown:
+            raise ValueError(f"labels not known to COCO models: {unknown}")
+        return labels
+
+
+class ObjectFilterConfig(Section):
+    """Per-label detection filters (areas are fractions of the frame area, ratio is w/h)."""
+
+    min_area: float = Field(0.0, ge=0, le=1, description="Smallest box area (frame fraction).")
+    max_area: float = Field(1.0, gt=0, le=1, description="Largest box area (frame fraction).")
+    min_ratio: float = Field(0.0, ge=0, description="Smallest width/height.")
+    max_ratio: float = Field(1000.0, gt=0, description="Largest width/height.")
+    min_median_score: float = Field(
+        0.0, ge=0, le=1, description="Median detection score over the track before 'new'."
+    )
+    masks: list[PolygonField] = Field(
+        default_factory=list,
+        description="Objects whose bottom centre is inside one of these polygons are ignored "
+        "(a poster, a mannequin, a parked scooter).",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ObjectFilterConfig:
+        if self.max_area < self.min_area:
+            raise ValueError("max_area must be >= min_area")
+        if self.max_ratio < self.min_ratio:
+            raise ValueError("max_ratio must be >= min_ratio")
+        return self
+
+
 class CameraConfig(Section):
     """One camera. ``password_file`` keeps the camera's password out of the config file."""
 
@@ -105,6 +173,33 @@ class CameraConfig(Section):
     read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
     width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
     height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+    privacy_masks: list[PolygonField] = Field(
+        default_factory=list,
+        description="Polygons blacked out on every frame before anything sees it (detection, "
+        "snapshots, anything that leaves the box).",
+    )
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Named zones.")
+    required_zones: list[str] = Field(
+        default_factory=list,
+        description="Report only objects that entered one of these zones (a gate, a lane).",
+    )
+    filters: dict[str, ObjectFilterConfig] = Field(
+        default_factory=dict, description="Per-label object filters."
+    )
+
+    @model_validator(mode="after")
+    def _zone_names(self) -> CameraConfig:
+        names = [z.name for z in self.zones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"zone names must be unique, repeated: {dupes}")
+        unknown = sorted(set(self.required_zones) - set(names))
+        if unknown:
+            raise ValueError(f"required_zones names zones not defined in zones: {unknown}")
+        not_coco = sorted(set(self.filters) - set(COCO_LABELS))
+        if not_coco:
+            raise ValueError(f"filters names labels not known to COCO models: {not_coco}")
+        return self
 
     @model_validator(mode="after")
     def _password_file_needs_url(self) -> CameraConfig:

@@ -4,7 +4,8 @@ Rules (every threshold an argument):
 - ``new`` once a track is confirmed, with the best snapshot seen so far (tentative frames too);
 - ``update`` at most once per ``update_interval_s`` and only when the object changed
   meaningfully: it moved more than ``min_move`` of the frame diagonal since the last message,
-  its label changed, or a snapshot better by ``snapshot_gain`` exists;
+  its label changed, or a snapshot better by ``snapshot_gain`` exists; and at once when its
+  zones changed (entered, left, started loitering);
 - ``end`` when the tracker has dropped the track (unseen for the end timeout), with the best
   snapshot if it is better than the last one sent.
 A person standing still for minutes is one event: nothing changes, so nothing is sent.
@@ -45,6 +46,10 @@ def moved(a: BoxPx, b: BoxPx) -> float:
     return math.hypot(ca[0] - cb[0], ca[1] - cb[1]) / math.sqrt(2)
 
 
+def _zones(track: Track) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    return (track.zones, track.entered_zones, track.loitering)
+
+
 @dataclass(frozen=True, slots=True)
 class Emission:
     """An event message and, when it carries one, the snapshot to render for it."""
@@ -72,6 +77,7 @@ class _Open:
     sent_quality: float
     best_score: float
     last_wall: float
+    zones: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
 
 
 class EventBuilder:
@@ -146,12 +152,14 @@ class EventBuilder:
         op = self._open[track.track_id]
         op.last_wall = frame.wall_ts
         op.best_score = max(op.best_score, track.score)
-        if frame.ts - op.last_emit_t < self.update_interval_s:
+        zoned = _zones(track) != op.zones  # entering, leaving or loitering: sent at once
+        if frame.ts - op.last_emit_t < self.update_interval_s and not zoned:
             return []
         box = normalise(track.box, *self._size)
         best = self._best.get(track.track_id)
         better = best is not None and best.quality > op.sent_quality * (1 + self.snapshot_gain)
-        if not (moved(box, op.last_box) >= self.min_move or track.label != op.label or better):
+        changed = moved(box, op.last_box) >= self.min_move or track.label != op.label or better
+        if not (changed or zoned):
             return []
         op.rev += 1
         op.last_box, op.last_emit_t, op.label = box, frame.ts, track.label
@@ -168,6 +176,7 @@ class EventBuilder:
             camera=self.camera, label=op.label, score=round(op.best_score, 4), box=op.last_box,
             start_ts=op.start_ts, end_ts=end_ts, ts=end_ts,
             has_snapshot=bool(self.snapshots and better), rev=op.rev,
+            zones=op.zones[0], entered_zones=op.zones[1], loitering=op.zones[2],
         )  # fmt: skip
         snap = self._request(op, best) if event.has_snapshot and best else None
         return Emission(event, snap)
@@ -176,12 +185,14 @@ class EventBuilder:
         self, op: _Open, kind: EventType, track: Track, now: float, best: _Best | None
     ) -> Emission:
         op.last_wall = now
+        op.zones = _zones(track)
         has_snap = bool(self.snapshots and best is not None)
         event = Event(
             id=f"{op.event_id}-{op.rev}", event_id=op.event_id, type=kind, camera=self.camera,
             label=op.label, score=round(op.best_score, 4),
             box=normalise(track.box, *self._size), start_ts=op.start_ts, end_ts=None, ts=now,
-            has_snapshot=has_snap, rev=op.rev,
+            has_snapshot=has_snap, rev=op.rev, zones=track.zones,
+            entered_zones=track.entered_zones, loitering=track.loitering,
         )  # fmt: skip
         return Emission(event, self._request(op, best) if has_snap and best else None)
 
