@@ -5,6 +5,9 @@ Threads: one capture thread and one worker per camera, the publisher, the MQTT l
 thread, the heartbeat. The main thread only waits: for SIGTERM/SIGINT, or for every camera to
 be a finished file. Shutdown ends open events, drains the outbox for up to
 ``shutdown.drain_timeout_s``, publishes ``offline`` and disconnects.
+
+Start-up ends, before any camera runs, every visit a crash or power cut left open (committed
+``new`` without ``end`` in the outbox) with an ``end`` whose ``end_reason`` is ``restart``.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from types import FrameType
 
 from agent import __version__
 from agent.assembly import detector_config, make_pipeline
 from agent.capture import CaptureThread
+from agent.clock import ClockSync, SystemClockSync
 from agent.codec import Topics, encode_status
 from agent.config import CameraConfig, Settings
 from agent.detector import Detector, load_detector
+from agent.errors import OutboxError
+from agent.events import restart_end
 from agent.heartbeat import (
     CameraHeartbeat,
     Heartbeat,
@@ -33,7 +40,7 @@ from agent.heartbeat import (
 )
 from agent.metrics import PipelineCounters
 from agent.mqtt_link import MqttLink
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxStats
 from agent.pipeline import CameraWorker
 from agent.publisher import Publisher
 from agent.sink import OutboxSink
@@ -56,7 +63,17 @@ def topics_for(settings: Settings) -> Topics:
     return Topics(settings.mqtt.topic_prefix, settings.commune_id, settings.node_id)
 
 
-def make_link(settings: Settings, started_ts: float) -> MqttLink:
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Who this run is, as the ``online`` status tells the commune server."""
+
+    run_id: str
+    started_ts: float
+    restart_ends: int
+    outbox_quarantined: bool
+
+
+def make_link(settings: Settings, run: RunInfo) -> MqttLink:
     """The MQTT link with the node's last will and its ``online`` status."""
     topics = topics_for(settings)
     cams = [c.id for c in settings.cameras]
@@ -64,11 +81,30 @@ def make_link(settings: Settings, started_ts: float) -> MqttLink:
     def online() -> bytes:
         return encode_status(
             "online", topics, version=__version__, ts=round(time.time(), 3),
-            started_ts=round(started_ts, 3), cameras=cams,
+            started_ts=round(run.started_ts, 3), run_id=run.run_id, cameras=cams,
+            restart_ends=run.restart_ends, outbox_quarantined=run.outbox_quarantined,
         )  # fmt: skip
 
     client_id = settings.mqtt.client_id or f"edge-{settings.node_id}"
     return MqttLink(settings.mqtt, topics.base, client_id, encode_status("offline", topics), online)
+
+
+def end_left_open_visits(outbox: Outbox, sink: OutboxSink) -> int:
+    """End every visit a crash left open (``end_reason`` restart); how many were ended.
+
+    A visit whose ``end`` cannot be stored now (disk full) stays open for the next start.
+    """
+    ended = 0
+    for visit in outbox.open_visits():
+        try:
+            sink.emit(restart_end(visit))
+        except OutboxError as exc:
+            log.error("cannot end visit %s left open by a restart: %s", visit.event_id, exc)  # noqa: TRY400
+            break
+        ended += 1
+    if ended:
+        log.info("ended %d visit(s) left open by the previous run (end_reason restart)", ended)
+    return ended
 
 
 class App:
@@ -80,16 +116,23 @@ class App:
         self.stop_event = threading.Event()
         self.started_mono = time.monotonic()
         self.started_ts = time.time()
+        self.clock: ClockSync = SystemClockSync()
         self.outbox = Outbox.open(settings.outbox)
         try:
             self.detector: Detector = load_detector(detector_config(settings))
         except Exception:
             self.outbox.close()
             raise
-        self.link = make_link(settings, self.started_ts)
-        self.publisher = Publisher(self.outbox, self.link, settings.mqtt)
-        sink = OutboxSink(self.outbox, self.topics, settings.snapshots)
-        self.cameras = [self._camera(cfg, sink) for cfg in settings.cameras]
+        self.sink = OutboxSink(self.outbox, self.topics, settings.snapshots, self.clock)
+        self.run = RunInfo(
+            run_id=uuid.uuid4().hex,
+            started_ts=self.started_ts,
+            restart_ends=end_left_open_visits(self.outbox, self.sink),
+            outbox_quarantined=self.outbox.stats().quarantined_file is not None,
+        )
+        self.link = make_link(settings, self.run)
+        self.publisher = Publisher(self.outbox, self.link, settings.mqtt, self.topics)
+        self.cameras = [self._camera(cfg, self.sink) for cfg in settings.cameras]
         self.probe = PsutilProbe(settings.outbox.path.parent)
         hb = settings.heartbeat
         self.heartbeat = HeartbeatThread(
@@ -138,6 +181,8 @@ class App:
         for cam in self.cameras:
             cam.worker.join(10.0)  # ends open events into the outbox
             cam.capture.join(5.0)
+            if cam.worker.alive:  # its visits stay open in the outbox: next start ends them
+                log.error("camera %s: worker did not stop in 10 s; leaving it", cam.cfg.id)
         timeout = self.settings.shutdown.drain_timeout_s
         drained = self.link.wait_connected(min(timeout, 2.0)) and self.publisher.drain(timeout)
         left = self.outbox.stats().depth
@@ -172,24 +217,28 @@ class App:
 
     def collect_heartbeat(self, skipped: int) -> Heartbeat:
         now = time.monotonic()
-        ob = self.outbox.stats()
         link = self.link.status()
+        pub = self.publisher.stats()
         return Heartbeat(
             node_id=self.settings.node_id,
+            run_id=self.run.run_id,
             ts=round(time.time(), 3),
+            clock_synced=self.clock.synced(),
             uptime_s=round(now - self.started_mono, 1),
             version=__version__,
             system=self.probe.sample(),
             cameras=tuple(self._camera_heartbeat(cam, now) for cam in self.cameras),
-            outbox=OutboxHeartbeat(
-                depth=ob.depth,
-                bytes=ob.payload_bytes,
-                oldest_age_s=round(ob.oldest_age_s, 1) if ob.depth else None,
-                dropped_events=ob.dropped_events,
-                dropped_snapshots=ob.dropped_snapshots,
-                dead_letters=ob.dead_letters,
+            outbox=outbox_heartbeat(self.outbox.stats()),
+            link=LinkHeartbeat(
+                connected=link.connected,
+                connects=link.connects,
+                disconnects=link.disconnects,
+                heartbeats_skipped=skipped,
+                refused_publishes=pub.refused,
+                retrying=pub.retrying,
+                resends=pub.resends,
+                last_error=link.last_error,
             ),
-            link=LinkHeartbeat(link.connects, link.disconnects, skipped),
         )
 
     @staticmethod
@@ -201,9 +250,21 @@ class App:
             fps_in=round(src.fps_in, 2), fps_detected=pipe.fps_detected,
             frames_dropped=src.frames_dropped, frames_skipped=pipe.frames_skipped,
             inference_ms_p50=pipe.inference_ms_p50, inference_ms_p95=pipe.inference_ms_p95,
-            events=pipe.events, errors=pipe.errors + src.internal_errors,
-            last_error=src.last_error,
+            events=pipe.events, visits=pipe.visits, emit_failures=pipe.emit_failures,
+            errors=pipe.errors + src.internal_errors, last_error=src.last_error,
         )  # fmt: skip
+
+
+def outbox_heartbeat(ob: OutboxStats) -> OutboxHeartbeat:
+    return OutboxHeartbeat(
+        depth=ob.depth, events=ob.events, snapshots=ob.snapshots, bytes=ob.payload_bytes,
+        file_bytes=ob.file_bytes,
+        oldest_age_s=round(ob.oldest_age_s, 1) if ob.depth else None,
+        dropped_events=ob.dropped_events, dropped_snapshots=ob.dropped_snapshots,
+        gaps_pending=ob.gaps_pending, dead_letters=ob.dead_letters,
+        dead_letters_kept=ob.dead_letters_kept, open_visits=ob.open_visits,
+        quarantined=ob.quarantined,
+    )  # fmt: skip
 
 
 def outbox_stats(settings: Settings) -> dict[str, object]:
@@ -215,20 +276,48 @@ def outbox_stats(settings: Settings) -> dict[str, object]:
         outbox.close()
 
 
-def drain_outbox(settings: Settings, *, timeout: float) -> int:
-    """``edge-agent outbox drain``: deliver what is queued; the number of messages left."""
+def dead_letters(settings: Settings, action: str, ids: list[int] | None) -> list[dict[str, object]]:
+    """``edge-agent outbox dead-letters list|requeue|purge``: one dict per line to print."""
     outbox = Outbox.open(settings.outbox)
-    link = make_link(settings, time.time())
-    publisher = Publisher(outbox, link, settings.mqtt)
     try:
-        link.start()
-        publisher.start()
-        if not link.wait_connected(timeout):
-            log.error("broker %s:%d unreachable", settings.mqtt.host, settings.mqtt.port)
-        else:
-            publisher.drain(timeout)
-        return outbox.stats().depth
+        if action == "list":
+            return [dataclasses.asdict(d) for d in outbox.dead_letters()]
+        if action == "requeue":
+            return [{"requeued": outbox.requeue_dead_letters(ids)}]
+        if action == "purge":
+            return [{"purged": outbox.purge_dead_letters(ids)}]
+        raise ValueError(f"unknown dead-letters action {action!r}")
     finally:
-        publisher.stop()
-        link.stop(graceful_offline=encode_status("offline", topics_for(settings)))
+        outbox.close()
+
+
+def drain_outbox(settings: Settings, *, timeout: float) -> int:
+    """``edge-agent outbox drain``: deliver what is queued; the number of messages left.
+
+    Like ``run``, it first ends the visits a crash left open (``end_reason`` restart).
+    """
+    topics = topics_for(settings)
+    outbox = Outbox.open(settings.outbox)
+    try:
+        sink = OutboxSink(outbox, topics, settings.snapshots, SystemClockSync())
+        run = RunInfo(
+            run_id=uuid.uuid4().hex,
+            started_ts=time.time(),
+            restart_ends=end_left_open_visits(outbox, sink),
+            outbox_quarantined=outbox.stats().quarantined_file is not None,
+        )
+        link = make_link(settings, run)
+        publisher = Publisher(outbox, link, settings.mqtt, topics)
+        try:
+            link.start()
+            publisher.start()
+            if not link.wait_connected(timeout):
+                log.error("broker %s:%d unreachable", settings.mqtt.host, settings.mqtt.port)
+            else:
+                publisher.drain(timeout)
+            return outbox.stats().depth
+        finally:
+            publisher.stop()
+            link.stop(graceful_offline=encode_status("offline", topics))
+    finally:
         outbox.close()

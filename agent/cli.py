@@ -47,10 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="use this config's detector, events, camera")
     ev.add_argument("--camera", default="", help="with --config: the camera id (default first)")
     ev.add_argument("--json", action="store_true", help="one JSON object per detect fps")
-    box = sub.add_parser("outbox", help="inspect or deliver the durable outbox")
-    box.add_argument("action", choices=["stats", "drain"])
-    box.add_argument("--config", type=Path, required=True)
-    box.add_argument("--timeout", type=float, default=60.0, help="drain: give up after seconds")
+    box = sub.add_parser("outbox", help="inspect or deliver the durable outbox (agent stopped)")
+    box_sub = box.add_subparsers(dest="action", required=True)
+    for name, text in (("stats", "depth, bytes, counters"), ("drain", "deliver what is queued")):
+        one = box_sub.add_parser(name, help=text)
+        one.add_argument("--config", type=Path, required=True)
+        one.add_argument("--timeout", type=float, default=60.0, help="drain: give up after s")
+    dead = box_sub.add_parser("dead-letters", help="messages the broker refused for good")
+    dead.add_argument("dl_action", choices=["list", "requeue", "purge"])
+    dead.add_argument("--config", type=Path, required=True)
+    dead.add_argument("--id", type=int, action="append", dest="ids", help="only these (repeat)")
     tail = sub.add_parser("tail", help="print what a commune server receives, as it arrives")
     tail.add_argument("--host", default="127.0.0.1")
     tail.add_argument("--port", type=int, default=1883)
@@ -116,12 +122,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from agent.app import drain_outbox, outbox_stats
+    from agent.app import dead_letters, drain_outbox, outbox_stats
 
     settings = load_settings(args.config)
     _logging_for(settings)
     if args.action == "stats":
         print(json.dumps(outbox_stats(settings)))
+        return EXIT_OK
+    if args.action == "dead-letters":
+        for line in dead_letters(settings, args.dl_action, args.ids):
+            print(json.dumps(line))
         return EXIT_OK
     left = drain_outbox(settings, timeout=args.timeout)
     print(json.dumps({"left": left}))

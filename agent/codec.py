@@ -16,6 +16,7 @@ from agent.domain import Event
 EVENT_SCHEMA = "camnet.event/1"
 STATUS_SCHEMA = "camnet.status/1"
 HEARTBEAT_SCHEMA = "camnet.heartbeat/1"
+GAP_SCHEMA = "camnet.gap/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,10 @@ class Topics:
     def heartbeat(self) -> str:
         return f"{self.base}/heartbeat"
 
+    @property
+    def gaps(self) -> str:
+        return f"{self.base}/gaps"
+
     def snapshot(self, event_id: str) -> str:
         return f"{self.base}/snapshots/{event_id}"
 
@@ -54,8 +59,14 @@ def _r(v: float, nd: int = 3) -> float:
     return round(float(v), nd)
 
 
-def encode_event(event: Event, topics: Topics, seq: int) -> bytes:
-    """The JSON of an event message, with the per-node ``seq`` the outbox assigned."""
+def encode_event(
+    event: Event, topics: Topics, seq: int, *, clock_synced: bool | None = None
+) -> bytes:
+    """The JSON of an event message, with the per-node ``seq`` the outbox assigned.
+
+    ``clock_synced`` says whether the box's wall clock was synchronised when the message was
+    committed (None: unknown).
+    """
     return _dumps(
         {
             "schema": EVENT_SCHEMA,
@@ -78,6 +89,35 @@ def encode_event(event: Event, topics: Topics, seq: int) -> bytes:
             "zones": list(event.zones),
             "entered_zones": list(event.entered_zones),
             "loitering": list(event.loitering),
+            "end_reason": None if event.end_reason is None else event.end_reason.value,
+            "clock_synced": clock_synced,
+        }
+    )
+
+
+def encode_gap(
+    topics: Topics,
+    *,
+    gap_id: str,
+    seq_ranges: tuple[tuple[int, int], ...],
+    snapshot_event_ids: tuple[str, ...],
+    first_dropped_ts: float,
+    last_dropped_ts: float,
+    ts: float,
+) -> bytes:
+    """A ``gap`` message: what the outbox's disk bound dropped before it could be delivered."""
+    return _dumps(
+        {
+            "schema": GAP_SCHEMA,
+            "id": gap_id,
+            "node_id": topics.node_id,
+            "commune_id": topics.commune_id,
+            "reason": "outbox_full",
+            "dropped_seq": [list(r) for r in seq_ranges],
+            "dropped_snapshots": list(snapshot_event_ids),
+            "first_dropped_ts": _r(first_dropped_ts),
+            "last_dropped_ts": _r(last_dropped_ts),
+            "ts": _r(ts),
         }
     )
 

@@ -73,6 +73,20 @@ class MqttConfig(Section):
     reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay.")
     reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect delay (jittered).")
     max_inflight: int = Field(16, ge=1, le=1000, description="Unacknowledged messages at once.")
+    max_inflight_snapshots: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Of those, at most this many snapshots: an event waits behind at most "
+        "this many JPEGs on a slow uplink.",
+    )
+    refused_retries: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="A publish refused as 'not authorized' is tried this many times (with "
+        "backoff) before it is dead-lettered.",
+    )
     max_payload_bytes: int = Field(
         1_000_000, ge=1024, description="Larger messages are dead-lettered, never sent."
     )

@@ -128,6 +128,15 @@ class EventType(str, enum.Enum):
     END = "end"
 
 
+class EndReason(str, enum.Enum):
+    """Why a visit ended (on ``end`` messages)."""
+
+    TIMEOUT = "timeout"  # unseen for events.end_timeout_s
+    SHUTDOWN = "shutdown"  # the agent stopped cleanly
+    SOURCE_FINISHED = "source_finished"  # a file without loop reached its end
+    RESTART = "restart"  # left open by a crash or power cut, ended by the next start
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One message about one visit of an object to a camera's view.
@@ -152,11 +161,14 @@ class Event:
     ts: float
     has_snapshot: bool
     rev: int
+    end_reason: EndReason | None = None
     zones: tuple[str, ...] = ()
     entered_zones: tuple[str, ...] = ()
     loitering: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if (self.type is EventType.END) != (self.end_reason is not None):
+            raise ValueError("Event.end_reason is set exactly on 'end' events")
         if not all(0.0 <= v <= 1.0 for v in self.box):
             raise ValueError(f"Event.box must be normalised to 0..1, got {self.box}")
         if not 0.0 <= self.score <= 1.0:
@@ -178,3 +190,28 @@ class SnapshotRequest:
     box: BoxPx
     label: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class OpenVisit:
+    """What must survive a crash about a visit that has had ``new`` but not ``end``.
+
+    Committed to the outbox in the same transaction as the message that changed it, so that
+    the next start can end it (``end_reason`` restart) with the right ``rev``. ``last_ts`` is
+    the epoch time of the latest committed observation.
+    """
+
+    event_id: str
+    camera: str
+    label: str
+    start_ts: float
+    last_ts: float
+    box: BoxPx
+    score: float
+    rev: int
+
+    def __post_init__(self) -> None:
+        if self.last_ts < self.start_ts:
+            raise ValueError("OpenVisit.last_ts before start_ts")
+        if self.rev < 0:
+            raise ValueError("OpenVisit.rev must be >= 0")

@@ -1,7 +1,9 @@
 """Heartbeats: a psutil system probe plus pipeline counters, published every ``interval_s``.
 
-Heartbeats are never queued in the outbox: only the latest matters. One that finds the link
-down is skipped and counted, and the count rides on the next one that goes out.
+Heartbeats are never queued in the outbox: only the latest matters. The first goes out as
+soon as the link is connected; one that later finds the link down is skipped and counted, and
+the count rides on the next one that goes out (before the first connection nothing is
+counted: a node that is still connecting has no outage to report).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class CameraHeartbeat:
     inference_ms_p50: float | None
     inference_ms_p95: float | None
     events: int
+    visits: int
+    emit_failures: int
     errors: int
     last_error: str | None
 
@@ -50,24 +54,38 @@ class CameraHeartbeat:
 @dataclass(frozen=True, slots=True)
 class OutboxHeartbeat:
     depth: int
+    events: int
+    snapshots: int
     bytes: int
+    file_bytes: int
     oldest_age_s: float | None
     dropped_events: int
     dropped_snapshots: int
+    gaps_pending: int
     dead_letters: int
+    dead_letters_kept: int
+    open_visits: int
+    quarantined: int
 
 
 @dataclass(frozen=True, slots=True)
 class LinkHeartbeat:
+    connected: bool
     connects: int
     disconnects: int
     heartbeats_skipped: int
+    refused_publishes: int
+    retrying: int
+    resends: int
+    last_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     node_id: str
+    run_id: str
     ts: float
+    clock_synced: bool | None
     uptime_s: float
     version: str
     system: SystemStats
@@ -124,6 +142,9 @@ class PsutilProbe:
 
 
 class HeartbeatPublisher(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None: ...
 
 
@@ -158,15 +179,19 @@ class HeartbeatThread:
         self._thread.join(timeout)
 
     def beat(self) -> bool:
-        """Publish one heartbeat now; False when the link was down (counted as skipped)."""
+        """Publish one heartbeat now; False when the link was down (counted as skipped once
+        a heartbeat has gone out)."""
         payload = encode_dataclass(HEARTBEAT_SCHEMA, self._collect(self.skipped))
         if self._link.publish(self._topic, payload, self._qos) is None:
-            self.skipped += 1
+            self.skipped += self.sent > 0
             return False
         self.sent += 1
         return True
 
     def _run(self) -> None:
+        while not self._link.connected:  # the first heartbeat goes out once connected
+            if self._stop.wait(0.1):
+                return
         next_at = time.monotonic()
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += self._interval_s

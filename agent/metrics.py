@@ -19,7 +19,9 @@ class PipelineStats:
     inference_ms_p50: float | None
     inference_ms_p95: float | None
     events: int
+    visits: int
     errors: int
+    emit_failures: int
 
 
 class PipelineCounters:
@@ -34,6 +36,7 @@ class PipelineCounters:
         self._times: deque[float] = deque()
         self._rate_window_s = rate_window_s
         self._detected = self._skipped = self._events = self._errors = 0
+        self._visits = self._emit_failures = 0
 
     def detected(self, now: float, inference_ms: float) -> None:
         with self._lock:
@@ -46,9 +49,16 @@ class PipelineCounters:
         with self._lock:
             self._skipped += n
 
-    def emitted(self, n: int = 1) -> None:
+    def emitted(self, n: int = 1, visits: int = 0) -> None:
+        """``n`` event messages committed, ``visits`` of them ``new``."""
         with self._lock:
             self._events += n
+            self._visits += visits
+
+    def emit_failed(self) -> None:
+        """An event message could not be committed (it is proposed again later)."""
+        with self._lock:
+            self._emit_failures += 1
 
     def error(self) -> None:
         with self._lock:
@@ -71,5 +81,7 @@ class PipelineCounters:
                 inference_ms_p50=None if ms is None else round(float(np.percentile(ms, 50)), 2),
                 inference_ms_p95=None if ms is None else round(float(np.percentile(ms, 95)), 2),
                 events=self._events,
+                visits=self._visits,
                 errors=self._errors,
+                emit_failures=self._emit_failures,
             )

@@ -51,6 +51,7 @@ class PubAck(NamedTuple):
     mid: int
     ok: bool
     reason: str
+    code: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,7 @@ class MqttLink:
         if mid in self._own_mids:
             self._own_mids[mid] = True
             return
-        self._acks.put(PubAck(mid, not reason.is_failure, str(reason)))
+        self._acks.put(PubAck(mid, not reason.is_failure, str(reason), int(reason.value)))
         self._wake()
 
     # -- the link thread -----------------------------------------------------------------------

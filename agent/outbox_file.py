@@ -1,12 +1,16 @@
 """The outbox's SQLite file: open, check, configure, create the schema, quarantine.
 
-Used only by :mod:`agent.outbox`; see its docstring for the guarantees.
+Used only by :mod:`agent.outbox`; see its docstring for the guarantees. Household data stays
+private: the data directory is created 0700, the database (and so its -wal/-shm, which SQLite
+creates with the database's mode), the seq mark and quarantined copies are 0600.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,9 +34,19 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY,"
     " msg_rowid INTEGER, seq INTEGER, kind TEXT, topic TEXT, qos INTEGER, msg_id TEXT,"
     " event_id TEXT, created REAL, size INTEGER, reason TEXT, dead_at REAL, payload BLOB)",
+    # v2: one lane per kind (events are never queued behind snapshots)
+    "CREATE INDEX IF NOT EXISTS messages_lane ON messages (kind, id)",
+    # v2: the open visits, committed with the messages that open, update and end them
+    "CREATE TABLE IF NOT EXISTS visits (event_id TEXT PRIMARY KEY, camera TEXT NOT NULL,"
+    " label TEXT NOT NULL, start_ts REAL NOT NULL, last_ts REAL NOT NULL, box TEXT NOT NULL,"
+    " score REAL NOT NULL, rev INTEGER NOT NULL)",
+    # v2: what the disk bound dropped, until a gap message about it is acknowledged
+    "CREATE TABLE IF NOT EXISTS gaps (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, event_id TEXT NOT NULL, created REAL NOT NULL)",
 )
-_COUNTER_NAMES = ("seq", "last_id", "dead_letters", "quarantined", *DROPPED)
-_SCHEMA_VERSION = 1
+_COUNTER_NAMES = ("seq", "last_id", "dead_letters", "quarantined", "gaps_reported", *DROPPED)
+_SCHEMA_VERSION = 2  # v1 files are upgraded in place (tables and index added)
+SEQ_RESERVE = 1000  # the seq mark on disk runs this far ahead of the last seq handed out
 _BUSY_S = 5.0
 _SQLITE_BUSY, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 11, 13, 26
 
@@ -69,6 +83,7 @@ def connect_checked(
     """A configured connection to a checked file; :class:`CorruptFile` if it is unusable."""
     if not _has_sqlite_header(cfg.path):  # before SQLite opens it (and deletes its WAL)
         raise CorruptFile("not an SQLite 3 file (bad header)")
+    _create_private(cfg.path)
     try:
         conn = sqlite3.connect(
             str(cfg.path), timeout=_BUSY_S, isolation_level=None, check_same_thread=False
@@ -90,6 +105,71 @@ def connect_checked(
     return conn
 
 
+def make_data_dir(directory: Path) -> None:
+    """Create the data directory 0700 (whatever the umask); warn if it is open to others."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(directory.stat().st_mode)
+    except OSError as exc:
+        raise OutboxError(f"cannot create outbox directory {directory}: {exc}") from exc
+    if mode & 0o077 and not mode & stat.S_ISVTX:  # a sticky /tmp-like dir is not ours to fix
+        log.warning("data directory %s is mode %04o: other users can list it (want 0700)",
+                    directory, mode)  # fmt: skip
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite gives -wal/-shm its mode)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise OutboxError(f"cannot create outbox {path}: {exc}") from exc
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _seq_mark_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.seq")
+
+
+def read_seq_mark(path: Path) -> int:
+    """The seq high-water mark kept beside the database (0 when there is none)."""
+    try:
+        return int(_seq_mark_path(path).read_text(encoding="ascii").strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the seq mark of %s (%s): using the database alone", path, exc)
+        return 0
+
+
+def write_seq_mark(path: Path, value: int) -> None:
+    """Durably record that no seq above ``value`` has been handed out (write, fsync, rename).
+
+    It survives a quarantined or deleted database, so ``seq`` never goes backwards whatever
+    the wall clock says (a Pi without an RTC boots in 1970).
+    """
+    mark = _seq_mark_path(path)
+    tmp = mark.with_name(f"{mark.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{value}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(mark)
+        dir_fd = os.open(mark.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OutboxError(f"cannot write the seq mark {mark}: {exc}") from exc
+
+
 def _has_sqlite_header(path: Path) -> bool:
     try:
         with path.open("rb") as f:
@@ -109,6 +189,8 @@ def _check(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > _SCHEMA_VERSION:
         raise OutboxError(f"outbox schema version {version} is newer than this agent's")
+    if 0 < version < _SCHEMA_VERSION:
+        log.info("outbox schema version %d: upgrading to %d", version, _SCHEMA_VERSION)
 
 
 def _configure(conn: sqlite3.Connection, cfg: OutboxConfig) -> None:
@@ -138,7 +220,11 @@ def _create(conn: sqlite3.Connection, seed_seq: int, quarantined: bool) -> None:
         conn.execute(statement)
     names = [(name,) for name in _COUNTER_NAMES]
     conn.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", names)
-    conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'seq'", (seed_seq,))
+    # A new file (or a stale one: far below the mark) continues from the seq mark on disk.
+    conn.execute(
+        "UPDATE counters SET value = ? WHERE name = 'seq' AND (value = 0 OR value < ? - ?)",
+        (seed_seq, seed_seq, SEQ_RESERVE),
+    )
     if quarantined:
         conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'quarantined'")
     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
@@ -158,6 +244,7 @@ def quarantine(path: Path) -> Path:
         if src.exists():
             try:
                 src.rename(f"{target}{suffix}")
+                Path(f"{target}{suffix}").chmod(0o600)
             except OSError as exc:
                 raise OutboxError(f"cannot quarantine corrupt outbox file {src}: {exc}") from exc
     return target

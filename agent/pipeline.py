@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.detector import Detector
-from agent.domain import Detections, Frame, Track
-from agent.errors import DetectorError, SourceFinished
+from agent.domain import Detections, EndReason, EventType, Frame, Track
+from agent.errors import DetectorError, OutboxError, SourceFinished
 from agent.events import Emission, EventBuilder
 from agent.metrics import PipelineCounters
 from agent.scene import CameraScene
@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class EventSink(Protocol):
-    """Where emissions go: in the agent, the durable outbox."""
+    """Where emissions go: in the agent, the durable outbox.
+
+    ``emit`` returns once the emission is stored, or raises :class:`OutboxError` when
+    nothing was (the pipeline then proposes the same change again later).
+    """
 
     def emit(self, emission: Emission) -> None: ...
 
@@ -64,6 +68,7 @@ class CameraPipeline:
         self._clock = clock
         self._next_due: float | None = None
         self._last: Frame | None = None
+        self._last_failure_log = float("-inf")
 
     def due(self, ts: float) -> bool:
         """Whether a frame at ``ts`` should be detected on; advances the schedule if so."""
@@ -109,16 +114,39 @@ class CameraPipeline:
         tracks = self.tracker.update(dets, frame.ts)
         return self.scene.annotate(tracks, frame.ts, frame.width, frame.height)
 
-    def finish(self) -> list[Emission]:
-        """End every open event: the source finished or the agent is stopping."""
-        return self._emit(self.builder.close())
+    def finish(self, reason: EndReason = EndReason.SHUTDOWN) -> list[Emission]:
+        """End every open event: the source finished or the agent is stopping.
+
+        An ``end`` that cannot be committed now stays an open visit in the outbox, and the
+        next start ends it (``end_reason`` restart).
+        """
+        return self._emit(self.builder.close(reason))
 
     def _emit(self, emissions: list[Emission]) -> list[Emission]:
+        """Commit each proposal to the sink, then to the builder; the committed ones."""
+        done: list[Emission] = []
         for em in emissions:
-            self.sink.emit(em)
-        if emissions:
-            self.counters.emitted(len(emissions))
-        return emissions
+            try:
+                self.sink.emit(em)
+            except OutboxError as exc:
+                self.counters.emit_failed()
+                self._log_failure(em, exc)
+                continue
+            self.builder.commit(em)
+            done.append(em)
+        if done:
+            news = sum(1 for em in done if em.event.type is EventType.NEW)
+            self.counters.emitted(len(done), visits=news)
+        return done
+
+    def _log_failure(self, em: Emission, exc: OutboxError) -> None:
+        now = self._clock()
+        if now - self._last_failure_log >= 60.0:
+            self._last_failure_log = now
+            log.error(
+                "camera %s: cannot store the %s of visit %s (%s); trying again on later frames",
+                self.builder.camera, em.event.type.value, em.event.event_id, exc,
+            )  # fmt: skip
 
 
 class CameraWorker:
@@ -153,13 +181,19 @@ class CameraWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
+        reason = EndReason.SHUTDOWN
         try:
             while not self._stop.is_set():
                 if not self._once():
+                    reason = EndReason.SOURCE_FINISHED
                     break
         finally:
-            self._finish()
+            self._finish(reason)
 
     def _once(self) -> bool:
         """One frame (or one timeout); False when the source has finished."""
@@ -178,9 +212,9 @@ class CameraWorker:
             self._stop.wait(1.0)
         return True
 
-    def _finish(self) -> None:
+    def _finish(self, reason: EndReason) -> None:
         try:
-            self.pipeline.finish()
+            self.pipeline.finish(reason)
         except Exception:  # thread top
             log.exception("camera %s: could not end open events", self.camera_id)
         finally:

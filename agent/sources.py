@@ -227,8 +227,10 @@ class OpenCVSource:
     """A file, RTSP/HTTP stream (FFmpeg backend) or USB camera (V4L2 backend).
 
     Files: ``ts`` is media time (``CAP_PROP_POS_MSEC``, else index/fps), strictly increasing,
-    continued across loops; ``realtime`` paces reads to it. Live sources: ``ts`` is the
-    monotonic capture time. ``wall_ts`` is always the epoch time at capture.
+    continued across loops; ``realtime`` paces reads to it, and ``wall_ts`` is the epoch time
+    when playback started plus ``ts``, so durations are clip durations at any playback speed.
+    Live sources: ``ts`` is the monotonic capture time and ``wall_ts`` the epoch time at
+    capture.
     """
 
     def __init__(self, cfg: CameraConfig, clock: Clock, kind: SourceKind | None = None) -> None:
@@ -243,6 +245,7 @@ class OpenCVSource:
         self._timeline = MediaTimeline(frame_s=0.04)
         self._pacer = Pacer(clock)
         self._count = 0
+        self._wall0: float | None = None  # files: the epoch time of media time 0
 
     @property
     def name(self) -> str:
@@ -269,8 +272,13 @@ class OpenCVSource:
             if self.is_live:
                 raise SourceError(f"{self._name}: no frame (stream ended, failed or timed out)")
             cap, image = self._rewind()
-        ts = self._clock.monotonic() if self.is_live else self._media_ts(cap)
-        wall_ts = self._clock.time()
+        if self.is_live:
+            ts, wall_ts = self._clock.monotonic(), self._clock.time()
+        else:
+            ts = self._media_ts(cap)
+            if self._wall0 is None:
+                self._wall0 = self._clock.time() - ts
+            wall_ts = self._wall0 + ts
         frame = Frame(self._cfg.id, self._count, ts, wall_ts, as_bgr(image, self._name))
         self._count += 1
         return frame

@@ -176,8 +176,13 @@ class FakeLink:
         return was
 
     # -- what the test does
-    def ack(self, mid: int, ok: bool = True, reason: str = "Success") -> None:
-        self._acks.append(PubAck(mid, ok, reason))
+    def ack(
+        self, mid: int, ok: bool = True, reason: str = "Success", code: int | None = None
+    ) -> None:
+        """A PUBACK; a refusal's ``code`` defaults to 0x80 (unspecified error)."""
+        self._acks.append(
+            PubAck(mid, ok, reason, code if code is not None else (0 if ok else 0x80))
+        )
 
     def drop(self) -> None:
         self.connected = False

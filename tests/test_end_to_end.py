@@ -266,3 +266,103 @@ def test_broker_down_mid_run_then_drain_delivers_everything(tmp_path, broker):
     seqs = {e["seq"] for e in got}
     assert seqs == set(range(1, max(seqs) + 1)), "a seq gap means an event was lost"
     assert Counter(e["type"] for e in got if e["type"] == "new")["new"] == VISITS
+
+
+def statuses(msgs: list[Received]) -> list[dict]:
+    return [json.loads(m.payload) for m in by_topic(msgs, "status")]
+
+
+def test_a_crash_leaves_no_visit_open(tmp_path, broker):
+    """SIGKILL mid-visit: the next start ends that visit (end_reason restart) before new ones."""
+    config = write_config(tmp_path, broker.port, realtime=True, loop=True)
+    sub = Subscriber(broker.port, "camnet/#")
+    first = subprocess.Popen(agent_cmd("run", "--config", str(config)), stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert sub.wait_for(lambda ms: any(e["type"] == "new" for e in events(ms)), 60)
+        first.kill()  # a power cut: the visit is open
+        first.wait(10)
+    finally:
+        first.kill()
+    opened = [e for e in events(sub.messages) if e["type"] == "new"]
+    open_ids = {e["event_id"] for e in opened} - {
+        e["event_id"] for e in events(sub.messages) if e["type"] == "end"
+    }
+    assert open_ids, "the kill came during a visit"
+    second = subprocess.Popen(agent_cmd("run", "--config", str(config)), stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert sub.wait_for(
+            lambda ms: open_ids <= {e["event_id"] for e in events(ms) if e["type"] == "end"}, 60
+        )
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        second.kill()
+    assert sub.wait_for(lambda ms: statuses(ms)[-1]["state"] == "offline", 10)
+    evs = events(sub.messages)
+    sub.close()
+    ends = {e["event_id"]: e for e in evs if e["type"] == "end"}
+    for eid in open_ids:
+        end = ends[eid]
+        assert end["end_reason"] == "restart"
+        new = next(e for e in opened if e["event_id"] == eid)
+        assert end["rev"] == max(e["rev"] for e in evs if e["event_id"] == eid)
+        assert end["start_ts"] == new["start_ts"]
+        assert end["end_ts"] >= new["ts"]
+        later_news = [e for e in evs if e["type"] == "new" and e["seq"] > new["seq"]]
+        assert all(e["seq"] > end["seq"] for e in later_news)  # ended before any new visit
+    assert {e["event_id"] for e in evs if e["type"] == "new"} <= set(ends)  # none left open
+    onlines = [s for s in statuses(sub.messages) if s["state"] == "online"]
+    assert len({s["run_id"] for s in onlines}) == 2
+    assert onlines[-1]["restart_ends"] == len(open_ids)
+    seqs = sorted({e["seq"] for e in evs})
+    assert seqs == list(range(1, seqs[-1] + 1))
+
+
+def test_refused_snapshots_are_dead_letters_that_a_technician_can_requeue(tmp_path, broker):
+    """Snapshots over max_payload_bytes never block events; requeued, they arrive as they were."""
+    config = write_config(tmp_path, broker.port)
+    cfg = json.loads(config.read_text())
+    cfg["mqtt"]["max_payload_bytes"] = 2048  # every JPEG is larger
+    cfg["cameras"][0]["source"] = str(MEDIA / "one-by-one-person-detection.mp4")
+    config.write_text(json.dumps(cfg))
+    sub = Subscriber(broker.port, "camnet/#")
+    proc = run_agent(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sub.wait_for(
+        lambda ms: bool(statuses(ms)) and statuses(ms)[-1]["state"] == "offline", 10
+    )
+    evs = events(sub.messages)
+    assert Counter(e["type"] for e in evs)["new"] == VISITS  # events flowed
+    assert by_topic_prefix(sub.messages, "snapshots/") == []
+    listed = subprocess.run(agent_cmd("outbox", "dead-letters", "list", "--config", str(config)),
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    dead = [json.loads(line) for line in listed.stdout.splitlines()]
+    promised = {f"{e['id']}.jpg" for e in evs if e["has_snapshot"]}
+    assert {d["msg_id"] for d in dead} == promised
+    assert all("max_payload_bytes" in d["reason"] for d in dead)
+
+    env = {**os.environ, "EDGE_AGENT__MQTT__MAX_PAYLOAD_BYTES": "1000000"}
+    requeue = subprocess.run(
+        agent_cmd("outbox", "dead-letters", "requeue", "--config", str(config)),
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    assert json.loads(requeue.stdout) == {"requeued": len(promised)}
+    drain = subprocess.run(
+        agent_cmd("outbox", "drain", "--config", str(config)),
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert drain.returncode == 0, drain.stderr[-2000:]
+    assert sub.wait_for(lambda ms: len(by_topic_prefix(ms, "snapshots/")) == len(promised), 10)
+    snaps = by_topic_prefix(sub.messages, "snapshots/")
+    sub.close()
+    assert {s.properties["id"] for s in snaps} == promised
+    seq_of = {e["id"]: e["seq"] for e in evs}
+    assert all(int(s.properties["seq"]) == seq_of[s.properties["id"][:-4]] for s in snaps)
+    assert all(cv2.imdecode(np.frombuffer(s.payload, np.uint8), cv2.IMREAD_COLOR) is not None
+               for s in snaps)  # fmt: skip
+
+
+def by_topic_prefix(msgs: list[Received], prefix: str) -> list[Received]:
+    return [m for m in msgs if m.topic.startswith(f"{BASE}/{prefix}")]

@@ -21,9 +21,10 @@ from tests.fakes import FakeLink, FakeProbe
 def collect_with(probe):
     def collect(skipped: int) -> Heartbeat:
         return Heartbeat(
-            node_id="n1", ts=1.7e9, uptime_s=5.0, version="0.1.0", system=probe.sample(),
-            cameras=(), outbox=OutboxHeartbeat(0, 0, None, 0, 0, 0),
-            link=LinkHeartbeat(1, 0, skipped),
+            node_id="n1", run_id="r1", ts=1.7e9, clock_synced=True, uptime_s=5.0,
+            version="0.1.0", system=probe.sample(), cameras=(),
+            outbox=OutboxHeartbeat(0, 0, 0, 0, 0, None, 0, 0, 0, 0, 0, 0, 0),
+            link=LinkHeartbeat(True, 1, 0, skipped, 0, 0, 0, None),
         )  # fmt: skip
 
     return collect
@@ -45,13 +46,36 @@ def test_heartbeat_published_with_schema_and_fields():
 def test_heartbeats_are_skipped_not_queued_while_disconnected():
     link = FakeLink(connected=False)
     hb = HeartbeatThread(collect_with(FakeProbe()), link, "t", interval_s=30, qos=1)
-    assert not hb.beat()
-    assert not hb.beat()
-    assert link.sent == []
+    assert not hb.beat()  # still connecting at start: not an outage, not counted
+    assert hb.skipped == 0
     link.connected = True
     assert hb.beat()
-    assert len(link.sent) == 1  # only the latest, carrying the count of the skipped ones
-    assert json.loads(link.sent[0][2])["link"]["heartbeats_skipped"] == 2
+    link.connected = False
+    assert not hb.beat()
+    assert not hb.beat()
+    assert len(link.sent) == 1
+    link.connected = True
+    assert hb.beat()
+    assert len(link.sent) == 2  # only the latest, carrying the count of the skipped ones
+    assert json.loads(link.sent[1][2])["link"]["heartbeats_skipped"] == 2
+
+
+def test_heartbeat_thread_waits_for_the_first_connection():
+    link = FakeLink(connected=False)
+    hb = HeartbeatThread(collect_with(FakeProbe()), link, "t", interval_s=0.05, qos=0)
+    hb.start()
+    try:
+        time.sleep(0.3)
+        assert link.sent == []
+        assert hb.skipped == 0
+        link.connected = True
+        t0 = time.monotonic()
+        while not link.sent and time.monotonic() - t0 < 5:
+            time.sleep(0.02)
+    finally:
+        hb.stop()
+    assert link.sent
+    assert json.loads(link.sent[0][2])["link"]["heartbeats_skipped"] == 0
 
 
 def test_heartbeat_thread_beats_on_its_interval():

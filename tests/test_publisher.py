@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
 from agent.errors import LinkError
 from agent.mqtt_link import MqttLink, backoff_delay
@@ -26,6 +27,7 @@ from tests.mqtt_support import Mosquitto, Received, Subscriber  # `broker`: test
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "camnet/c1/n1"
+TOPICS = Topics("camnet", "c1", "n1")
 OFFLINE = b'{"state":"offline"}'
 
 
@@ -59,7 +61,7 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
         cfg = MqttConfig(port=port, reconnect_min_s=0.05, reconnect_max_s=0.3, **mqtt)
         outbox = Outbox.open(OutboxConfig(path=tmp_path / f"outbox{len(made)}.db"))
         link = MqttLink(cfg, BASE, f"edge-n{len(made)}", OFFLINE, online)
-        agent = Agent(outbox, link, Publisher(outbox, link, cfg))
+        agent = Agent(outbox, link, Publisher(outbox, link, cfg, TOPICS))
         link.start()
         agent.publisher.start()
         made.append(agent)

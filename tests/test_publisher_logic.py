@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 
+from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig
 from agent.outbox import Outbox, OutMessage
-from agent.publisher import Publisher
+from agent.publisher import Publisher, classify_refusal
 from tests.fakes import FakeLink
 
 
@@ -23,8 +27,11 @@ def put(outbox: Outbox, n: int, size: int = 10) -> None:
         outbox.put([OutMessage("event", "t/events", b"x" * size, 1, f"m{k}", f"e{k}")])
 
 
+TOPICS = Topics("camnet", "c", "n")
+
+
 def make(outbox, link, **cfg) -> Publisher:
-    return Publisher(outbox, link, MqttConfig(**cfg), ack_batch=1, ack_delay_s=0.0)
+    return Publisher(outbox, link, MqttConfig(**cfg), TOPICS, ack_batch=1, ack_delay_s=0.0)
 
 
 def ids(link: FakeLink) -> list[bytes]:
@@ -85,12 +92,44 @@ def test_after_a_drop_unacked_rows_are_sent_again_acked_ones_not(outbox):
     assert [mid for mid, *_ in link.sent[4:]] == [5, 6, 7]
 
 
-def test_refused_message_is_dead_lettered_and_the_rest_flows(outbox):
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (0x95, "permanent"),  # packet too large
+        (0x90, "permanent"),  # topic name invalid
+        (0x99, "permanent"),  # payload format invalid
+        (0x87, "not_authorized"),
+        (0x97, "transient"),  # quota exceeded
+        (0x80, "transient"),  # unspecified error
+        (0x83, "transient"),  # implementation specific (e.g. during an ACL reload)
+    ],
+)
+def test_refusals_are_sorted_by_what_can_be_done(code, kind):
+    assert classify_refusal(code) == kind
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stepped(outbox, link, clock, **cfg) -> Publisher:
+    cfg = {"reconnect_min_s": 1.0, "reconnect_max_s": 4.0, **cfg}
+    return Publisher(
+        outbox, link, MqttConfig(**cfg), TOPICS, ack_batch=1, ack_delay_s=0.0, clock=clock,
+        rng=random.Random(1),
+    )  # fmt: skip
+
+
+def test_permanent_refusal_is_dead_lettered_at_once_and_the_rest_flows(outbox):
     put(outbox, 3)
     link = FakeLink(inflight=1)
     pub = make(outbox, link)
     pub.step()
-    link.ack(1, ok=False, reason="Not authorized")
+    link.ack(1, ok=False, reason="Packet too large", code=0x95)
     pub.step()
     assert outbox.stats().dead_letters == 1
     assert len(link.sent) == 2  # the next row went out
@@ -99,6 +138,135 @@ def test_refused_message_is_dead_lettered_and_the_rest_flows(outbox):
     link.ack(3)
     pub.step()
     assert outbox.stats().depth == 0
+    (dead,) = outbox.dead_letters()
+    assert "0x95" in dead.reason
+    assert dead.msg_id == "m0"
+
+
+def test_not_authorized_is_retried_with_backoff_then_dead_lettered(outbox):
+    put(outbox, 1)
+    link, clock = FakeLink(inflight=4), Clock()
+    pub = stepped(outbox, link, clock, refused_retries=3)
+    pub.step()
+    for attempt in range(1, 3):
+        link.ack(len(link.sent), ok=False, reason="Not authorized", code=0x87)
+        pub.step()
+        assert len(link.sent) == attempt  # waiting for its backoff, not re-sent at once
+        assert pub.stats().retrying == 1
+        clock.now += 10.0
+        pub.step()
+        assert len(link.sent) == attempt + 1  # the same row again
+        assert link.sent[-1][2] == link.sent[0][2]
+    link.ack(len(link.sent), ok=False, reason="Not authorized", code=0x87)
+    pub.step()
+    assert outbox.stats().dead_letters == 1  # the third refusal: dead-lettered
+    assert outbox.stats().depth == 0
+    assert pub.stats().refused == 3
+
+
+def test_transient_refusal_is_retried_until_taken_and_holds_its_window_slot(outbox):
+    put(outbox, 3)
+    link, clock = FakeLink(inflight=2), Clock()
+    pub = stepped(outbox, link, clock)
+    pub.step()
+    assert len(link.sent) == 2
+    for _ in range(8):  # quota exceeded, again and again: never dead-lettered
+        link.ack(link.sent[-2][0], ok=False, reason="Quota exceeded", code=0x97)
+        link.ack(link.sent[-1][0], ok=False, reason="Quota exceeded", code=0x97)
+        pub.step()
+        assert pub.stats().retrying == 2
+        assert pub.stats().inflight == 0
+        sent = len(link.sent)
+        pub.step()
+        assert len(link.sent) == sent  # the third row does not get their slots
+        clock.now += 10.0
+        pub.step()
+        assert len(link.sent) == sent + 2
+    assert outbox.stats().dead_letters == 0
+    link.ack(link.sent[-2][0])
+    link.ack(link.sent[-1][0])
+    pub.step()
+    assert outbox.stats().depth == 1
+    link.ack(link.sent[-1][0])
+    pub.step()
+    assert outbox.stats().depth == 0
+
+
+def test_events_are_never_queued_behind_snapshots(outbox):
+    for i in range(20):  # a snapshot backlog
+        outbox.put([OutMessage("snapshot", f"t/snapshots/s{i}", b"j" * 100, 1, f"s{i}", f"s{i}")])
+    link = FakeLink(inflight=8)
+    pub = make(outbox, link, max_inflight_snapshots=2)
+    pub.step()
+    assert [t for _, t, *_ in link.sent] == ["t/snapshots/s0", "t/snapshots/s1"]
+    for i in range(3):  # events arrive behind the backlog
+        outbox.put([OutMessage("event", "t/events", f"e{i}".encode(), 1, f"e{i}", f"e{i}")])
+    pub.step()
+    assert [p for _, t, p, *_ in link.sent if t == "t/events"] == [b"e0", b"e1", b"e2"]
+    assert len(link.sent) == 5  # ... before any further snapshot
+    link.ack(1)
+    pub.step()
+    assert link.sent[-1][1] == "t/snapshots/s2"  # one snapshot out, one more in
+    assert sum(1 for _, t, *_ in link.sent if "snapshots" in t) == 3
+
+
+def test_lanes_keep_creation_order_within_each_lane_after_a_drop(outbox):
+    for i in range(4):
+        outbox.put(
+            [
+                OutMessage("event", "t/events", f"e{i}".encode(), 1, f"e{i}", f"v{i}"),
+                OutMessage("snapshot", f"t/snapshots/v{i}", b"j", 1, f"e{i}.jpg", f"v{i}"),
+            ]
+        )
+    link = FakeLink(inflight=3)
+    pub = make(outbox, link, max_inflight_snapshots=1)
+    pub.step()
+    assert [p for _, _, p, *_ in link.sent] == [b"e0", b"e1", b"e2"]
+    link.ack(1)
+    link.drop()
+    pub.step()
+    link.connected = True
+    pub.step()
+    events = [p for _, t, p, *_ in link.sent if t == "t/events"]
+    assert events == [b"e0", b"e1", b"e2", b"e1", b"e2", b"e3"]
+
+
+def test_a_gap_message_reports_what_the_disk_bound_dropped(tmp_path):
+    box = Outbox.open(OutboxConfig(path=tmp_path / "o.db", max_bytes=1024 * 1024))
+    try:
+        for i in range(60):  # 60 x 40 KB into a 1 MiB bound: old ones are dropped
+            box.put(
+                [
+                    OutMessage("event", "t/events", b"e" * 500, 1, f"e{i}", f"v{i}"),
+                    OutMessage("snapshot", f"t/s/v{i}", b"j" * 40_000, 1, f"e{i}.jpg", f"v{i}"),
+                ]
+            )
+        dropped = box.stats().dropped_snapshots
+        assert dropped > 0
+        link = FakeLink(inflight=100)
+        pub = make(box, link)
+        pub.step()
+        (gap,) = [m for m in link.sent if m[1] == "camnet/c/n/gaps"]
+        body = json.loads(gap[2])
+        assert body["schema"] == "camnet.gap/1"
+        assert body["reason"] == "outbox_full"
+        assert len(body["dropped_snapshots"]) == dropped
+        assert body["dropped_snapshots"][0] == "v0"
+        assert body["dropped_seq"] == []  # only snapshots went: no event seq is missing
+        link.drop()  # lost before its PUBACK: sent again, same id
+        pub.step()
+        link.connected = True
+        pub.step()
+        again = [m for m in link.sent if m[1] == "camnet/c/n/gaps"]
+        assert len(again) == 2
+        assert json.loads(again[1][2])["id"] == body["id"]
+        link.ack(again[1][0])
+        pub.step()
+        assert box.stats().gaps_pending == 0
+        assert box.pending_gap() is None
+        assert pub.stats().gaps_sent == 1
+    finally:
+        box.close()
 
 
 def test_oversized_message_never_reaches_the_link(outbox):

@@ -173,8 +173,10 @@ def test_zone_changes_are_updates_at_once():
     for i, box in enumerate([(70, 10, 80, 90)] * 2 + [(30, 10, 40, 50)] * 2 + [(70, 10, 80, 90)]):
         f = Frame("cam", i, i * 0.2, 1.7e9 + i * 0.2, img)
         for em in b.update(scene.annotate([track(box=box)], f.ts, W, H), f):
+            b.commit(em)  # the sink stored it
             kinds.append((em.event.type, em.event.zones, em.event.entered_zones))
     for em in b.close():
+        b.commit(em)
         kinds.append((em.event.type, em.event.zones, em.event.entered_zones))
     assert kinds == [
         (EventType.NEW, (), ()),

@@ -183,6 +183,22 @@ def test_file_source_reads_every_frame_with_media_ts() -> None:
     assert np.allclose(ts, idx / 10.0, atol=0.02)
 
 
+def test_replayed_file_times_are_start_time_plus_media_time() -> None:
+    """Played as fast as possible, a clip still reports clip durations in wall time."""
+    clock = FakeClock(wall=1.8e9)
+    src = OpenCVSource(CameraConfig(id="f", source=str(CLIP), realtime=False), clock)
+    src.open()
+    frames = [src.read() for _ in range(50)]
+    clock.advance(3600)  # slow decoding (or a stall) does not stretch the clip's times
+    frames += [src.read() for _ in range(50)]
+    src.close()
+    walls = np.array([f.wall_ts for f in frames])
+    media = np.array([f.ts for f in frames])
+    assert walls[0] == pytest.approx(1.8e9, abs=0.1)
+    assert np.allclose(walls - walls[0], media - media[0])
+    assert walls[-1] - walls[0] == pytest.approx(9.9, abs=0.02)
+
+
 def test_file_loop_keeps_ts_increasing() -> None:
     clock = FakeClock()
     src = OpenCVSource(CameraConfig(id="f", source=str(CLIP), loop=True, realtime=False), clock)

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from agent.domain import COCO_LABELS, Detections, EventType, Frame
-from agent.events import EventBuilder, moved, normalise, snapshot_quality
+from agent.domain import COCO_LABELS, Detections, EndReason, EventType, Frame, OpenVisit
+from agent.events import EventBuilder, moved, normalise, restart_end, snapshot_quality
 from agent.tracker import Tracker, greedy_match, iou_matrix
 
 W, H = 640, 480
@@ -145,10 +145,18 @@ def play(seq, *, fps=5.0, tracker=None, eb=None, close=True):
     events = []
     for i, d in enumerate(seq):
         f = frame(i, i / fps)
-        events += eb.update(tracker.update(d, f.ts), f)
+        events += commit(eb, eb.update(tracker.update(d, f.ts), f))
     if close:
-        events += eb.close()
+        events += commit(eb, eb.close())
     return events
+
+
+def commit(eb: EventBuilder, emissions, fail=lambda em: False):
+    """What a sink does: store each emission (unless ``fail`` says it failed), then commit."""
+    stored = [em for em in emissions if not fail(em)]
+    for em in stored:
+        eb.commit(em)
+    return stored
 
 
 def kinds(emissions):
@@ -317,3 +325,89 @@ def test_a_stopped_object_predicts_in_place():
     tr.update(dets(), 1.4)
     (t,) = tr.update(dets(("car", box_at(160, 200, 120, 80), 0.9)), 2.6)
     assert t.track_id == 1
+
+
+# ---------------------------------------------------------------- atomic emissions
+
+
+def play_failing(seq, fail, *, fps=5.0, eb=None):
+    """Like ``play``, but the sink fails where ``fail(emission, step)`` says so."""
+    tracker, eb = make_tracker(), eb or builder()
+    stored = []
+    for i, d in enumerate(seq):
+        f = frame(i, i / fps)
+        stored += commit(eb, eb.update(tracker.update(d, f.ts), f), lambda em, i=i: fail(em, i))
+    stored += commit(eb, eb.close())
+    return stored
+
+
+def assert_whole_visits(stored):
+    """Every visit starts with its new, revs count up by one, at most one end, last."""
+    by_visit: dict[str, list] = {}
+    for em in stored:
+        by_visit.setdefault(em.event.event_id, []).append(em.event)
+    for evs in by_visit.values():
+        assert evs[0].type is EventType.NEW
+        assert [e.rev for e in evs] == list(range(len(evs)))
+        assert [e.type is EventType.END for e in evs].count(True) <= 1
+        assert evs[-1].type is EventType.END
+        assert len({e.id for e in evs}) == len(evs)
+
+
+LONG_WALK = walking(0, 4, 135) + [dets()] * 20
+
+
+@pytest.mark.parametrize(
+    ("name", "fail", "expected"),
+    [
+        ("the first new fails: proposed again, one visit",
+         lambda em, i: em.event.type is EventType.NEW and i < 5,
+         ["new", "update", "update", "end"]),
+        ("every update fails for a while: the change is sent later, same rev",
+         lambda em, i: em.event.type is EventType.UPDATE and i < 80,
+         ["new", "update", "update", "end"]),
+        ("the end fails for ten frames: retried until stored",
+         lambda em, i: em.event.type is EventType.END and i < 150,
+         ["new", "update", "update", "end"]),
+        ("the sink is down for the whole visit: nothing, not even an end",
+         lambda em, i: True, []),
+    ],
+)  # fmt: skip
+def test_a_failed_emission_never_breaks_a_visit(name, fail, expected):
+    stored = play_failing(LONG_WALK, fail)
+    assert [em.event.type.value for em in stored] == expected, name
+    assert_whole_visits(stored)
+
+
+def test_random_sink_failures_never_give_an_update_or_end_without_its_new():
+    rng = np.random.default_rng(7)
+    fails = rng.random(2000) < 0.3
+    seq = (walking(0, 4, 135) + [dets()] * 20 + [dets(PERSON)] * 30 + [dets()] * 25) * 3
+    stored = play_failing(seq, lambda em, i: bool(fails[i]))
+    assert len({em.event.event_id for em in stored}) == 6
+    assert_whole_visits(stored)
+
+
+def test_visit_state_rides_on_each_emission_and_end_reasons():
+    out = play([dets(PERSON)] * 10 + [dets()] * 20, close=False)
+    new, end = out
+    assert new.visit is not None
+    assert (new.visit.event_id, new.visit.rev, new.visit.label) == ("ev1", 0, "person")
+    assert new.visit.start_ts == new.event.start_ts
+    assert end.visit is None
+    assert end.event.end_reason is EndReason.TIMEOUT
+    eb = builder()
+    out = play([dets(PERSON)] * 10, eb=eb, close=False)
+    (closed,) = commit(eb, eb.close(EndReason.SOURCE_FINISHED))
+    assert closed.event.end_reason is EndReason.SOURCE_FINISHED
+    assert eb.open_visits == 0
+
+
+def test_restart_end_continues_the_committed_visit():
+    visit = OpenVisit("ev9", "cam", "car", 100.0, 130.0, (0.1, 0.2, 0.3, 0.4), 0.8, 2)
+    em = restart_end(visit)
+    ev = em.event
+    assert (ev.id, ev.rev, ev.type, ev.end_reason) == ("ev9-3", 3, EventType.END, EndReason.RESTART)
+    assert (ev.start_ts, ev.end_ts, ev.ts) == (100.0, 130.0, 130.0)
+    assert not ev.has_snapshot
+    assert em.visit is None
