@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="use this config's detector, events, camera")
     ev.add_argument("--camera", default="", help="with --config: the camera id (default first)")
     ev.add_argument("--json", action="store_true", help="one JSON object per detect fps")
+    drw = sub.add_parser("draw", help="a camera's picture with its zones and masks drawn")
+    drw.add_argument("--config", type=Path, required=True)
+    drw.add_argument("--camera", required=True, help="camera id")
+    drw.add_argument("--image", type=Path, help="draw on this picture, not the current frame")
+    drw.add_argument("--out", type=Path, required=True, help="PNG to write")
     box = sub.add_parser("outbox", help="inspect or deliver the durable outbox (agent stopped)")
     box_sub = box.add_subparsers(dest="action", required=True)
     for name, text in (("stats", "depth, bytes, counters"), ("drain", "deliver what is queued")):
@@ -113,6 +118,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_all(args)
 
 
+def cmd_draw(args: argparse.Namespace) -> int:
+    from agent.draw import draw
+
+    settings = load_settings(args.config)
+    print(draw(settings, args.camera, args.out, args.image))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import App
 
@@ -155,6 +168,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "detect": cmd_detect,
     "evaluate": cmd_evaluate,
+    "draw": cmd_draw,
     "outbox": cmd_outbox,
     "tail": cmd_tail,
     "demo": cmd_demo,
