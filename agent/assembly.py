@@ -9,6 +9,7 @@ from agent.events import EventBuilder
 from agent.metrics import PipelineCounters
 from agent.pipeline import CameraPipeline, EventSink
 from agent.scene import CameraScene
+from agent.tiling import TiledDetector
 from agent.tracker import Tracker
 
 
@@ -48,6 +49,12 @@ def make_pipeline(
         snapshot_gain=ev.snapshot_gain, snapshots=settings.snapshots.enabled,
     )  # fmt: skip
     scene = CameraScene(cam)
+    if cam.tiles is not None:
+        cols, rows = cam.tiles
+        detector = TiledDetector(
+            detector, cols=cols, rows=rows, overlap=cam.tile_overlap,
+            nms_iou=settings.detector.nms_iou,
+        )  # fmt: skip
     return CameraPipeline(
         detector, make_tracker(settings), builder, sink, counters, detect_fps=cam.detect_fps,
         scene=scene if scene.active else None,

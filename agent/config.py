@@ -193,6 +193,12 @@ class CameraConfig(Section):
         "snapshots, anything that leaves the box).",
     )
     zones: list[ZoneConfig] = Field(default_factory=list, description="Named zones.")
+    tiles: tuple[int, int] | None = Field(
+        None,
+        description="[cols, rows]: also detect on a grid of tiles at full resolution (small, "
+        "distant objects, crowds); each tile costs one more inference per detection.",
+    )
+    tile_overlap: float = Field(0.2, ge=0, lt=0.9, description="Tile overlap (tile fraction).")
     required_zones: list[str] = Field(
         default_factory=list,
         description="Report only objects that entered one of these zones (a gate, a lane).",
@@ -200,6 +206,13 @@ class CameraConfig(Section):
     filters: dict[str, ObjectFilterConfig] = Field(
         default_factory=dict, description="Per-label object filters."
     )
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles(cls, tiles: tuple[int, int] | None) -> tuple[int, int] | None:
+        if tiles is not None and not (1 <= tiles[0] <= 8 and 1 <= tiles[1] <= 8):
+            raise ValueError("tiles must be [cols, rows], each 1..8")
+        return tiles
 
     @model_validator(mode="after")
     def _zone_names(self) -> CameraConfig:

@@ -6,12 +6,16 @@ ByteTrack's idea on top of a constant-velocity motion model:
   last seen at, smoothed by ``velocity_gain``, for at most ``max_predict_s``; a stopped object
   has no velocity, so a car waiting at a junction stays where it stopped);
 - pass 1: *high-score* detections (score >= the label's ``high_score``) are matched to the
-  predicted boxes by IoU >= ``iou_match``, then what is left by nearest centre within
+  predicted boxes by IoU >= ``iou_match`` (``still_iou`` for a track that has stopped, slower
+  than ``still_speed`` box diagonals per second: a car driving past a parked one, hiding it,
+  does not take over its track), then what is left by nearest centre within
   ``max_centre_jump`` box diagonals (objects that moved far between two detections at a low
   ``detect_fps``);
 - pass 2: *low-score* detections (below ``high_score``, as low as the detector returns them)
   keep the tracks still unmatched alive when they overlap them by IoU >= ``low_iou_match``:
   a person half hidden in a crowd, a car behind a pole. They never start a track;
+- before both passes, a detection overlapping a better one of its group by IoU above
+  ``duplicate_iou`` is dropped (one car scored as car and truck is one object);
 - new tracks start only from unmatched high-score detections, and not from one lying mostly
   (``max_contained``) inside a tracked box of its group: detectors split big close objects
   (a pickup's cab and bed) into parts.
@@ -162,6 +166,9 @@ class Tracker:
         max_predict_s: float = 1.0,
         max_contained: float = 0.8,
         min_confirm_s: float = 0.0,
+        still_speed: float = 0.15,
+        still_iou: float = 0.5,
+        duplicate_iou: float = 0.7,
     ) -> None:
         self.iou_match = iou_match
         self.min_hits = min_hits
@@ -176,6 +183,9 @@ class Tracker:
         self.max_predict_s = max_predict_s
         self.max_contained = max_contained
         self.min_confirm_s = min_confirm_s
+        self.still_speed = still_speed
+        self.still_iou = still_iou
+        self.duplicate_iou = duplicate_iou
         self._tracks: list[_State] = []
         self._next_id = 1
         self._last_t: float | None = None
@@ -210,13 +220,15 @@ class Tracker:
         tracks = [s for s in self._tracks if self._group(s.label) == group]
         if not d_idx:
             return set()
+        d_idx = self._distinct(dets, d_idx)
         high = [i for i in d_idx if self._is_high(dets.label(i), float(dets.scores[i]))]
         low = [i for i in d_idx if i not in set(high)]
         predicted = np.array([s.predict(t, self.max_predict_s) for s in tracks]).reshape(-1, 4)
         xyxy = dets.xyxy.astype(np.float64)
         seen: set[int] = set()
         # pass 1: high-score detections against every track
-        pairs, t_left, d_left = self._match(predicted, xyxy[high], set(range(len(tracks))))
+        still = np.array([self._still(s) for s in tracks], dtype=bool)
+        pairs, t_left, d_left = self._match(predicted, xyxy[high], still)
         for r, c in pairs:
             i = high[c]
             self._hit(tracks[r], xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=True)
@@ -224,7 +236,8 @@ class Tracker:
         # pass 2: low-score detections keep the remaining tracks alive (IoU only)
         if low and t_left:
             tl = sorted(t_left)
-            lp, _, _ = greedy_match(iou_matrix(predicted[tl], xyxy[low]), self.low_iou_match)
+            low_iou = self._still_gate(iou_matrix(predicted[tl], xyxy[low]), still[tl])
+            lp, _, _ = greedy_match(low_iou, self.low_iou_match)
             for r, c in lp:
                 i, state = low[c], tracks[tl[r]]
                 self._hit(state, xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=False)
@@ -243,19 +256,52 @@ class Tracker:
             self._next_id += 1
         return seen
 
+    def _still(self, s: _State) -> bool:
+        """A confirmed track that has stopped (a parked car, a person at a door)."""
+        x1, y1, x2, y2 = s.box
+        diag = max(float(np.hypot(x2 - x1, y2 - y1)), 1e-9)
+        speed = float(np.hypot(s.velocity[0], s.velocity[1])) / diag
+        return s.confirmed and speed < self.still_speed
+
+    def _still_gate(self, iou: FloatArray, still: npt.NDArray[np.bool_]) -> FloatArray:
+        """IoU with the rows of still tracks below ``still_iou`` zeroed."""
+        iou[still] = np.where(iou[still] >= self.still_iou, iou[still], 0.0)
+        return iou
+
+    def _distinct(self, dets: Detections, idx: list[int]) -> list[int]:
+        """``idx`` without detections overlapping a better one of the group by IoU above
+        ``duplicate_iou``: a car also scored as a truck is one object, and its second box must
+        not keep another (hidden) track alive."""
+        order = sorted(idx, key=lambda i: -float(dets.scores[i]))
+        boxes = dets.xyxy.astype(np.float64)
+        kept: list[int] = []
+        for i in order:
+            if kept and iou_matrix(boxes[[i]], boxes[kept]).max() > self.duplicate_iou:
+                continue
+            kept.append(i)
+        return sorted(kept)
+
     def _match(
-        self, predicted: FloatArray, boxes: FloatArray, rows: set[int]
+        self, predicted: FloatArray, boxes: FloatArray, still: npt.NDArray[np.bool_]
     ) -> tuple[list[tuple[int, int]], set[int], set[int]]:
-        """IoU matching, then the nearest centre among what IoU left unmatched."""
-        pairs, t_left, d_left = greedy_match(iou_matrix(predicted, boxes), self.iou_match)
-        if t_left and d_left:
-            tl, dl = sorted(t_left), sorted(d_left)
-            closeness = -centre_distance(predicted[tl], boxes[dl])
+        """IoU matching, then the nearest centre among what IoU left unmatched.
+
+        A still track needs ``still_iou`` and takes the centre fallback only after the moving
+        tracks: a car driving past a parked one (hiding it) must not take over its track.
+        """
+        iou = self._still_gate(iou_matrix(predicted, boxes), still)
+        pairs, t_left, d_left = greedy_match(iou, self.iou_match)
+        for stopped in (False, True):  # moving tracks first: a parked car never takes
+            rows = sorted(r for r in t_left if bool(still[r]) is stopped)  # a passing one
+            if not rows or not d_left:
+                continue
+            dl = sorted(d_left)
+            closeness = -centre_distance(predicted[rows], boxes[dl])
             extra, _, _ = greedy_match(closeness, -self.max_centre_jump)
-            pairs += [(tl[r], dl[c]) for r, c in extra]
-            t_left -= {tl[r] for r, _ in extra}
+            pairs += [(rows[r], dl[c]) for r, c in extra]
+            t_left -= {rows[r] for r, _ in extra}
             d_left -= {dl[c] for _, c in extra}
-        return pairs, t_left & rows, d_left
+        return pairs, t_left, d_left
 
     def _hit(
         self, state: _State, box: FloatArray, score: float, label: str, t: float, *, vote: bool

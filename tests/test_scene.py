@@ -184,3 +184,19 @@ def test_zone_changes_are_updates_at_once():
         (EventType.UPDATE, (), ("yard",)),
         (EventType.END, (), ("yard",)),
     ]
+
+
+@pytest.mark.parametrize(
+    ("tiles", "ok"), [([2, 1], True), ([3, 2], True), ([0, 1], False), ([9, 1], False)]
+)
+def test_tiles_config(tmp_path, capsys, tiles, ok):
+    cfg = {"node_id": "n", "commune_id": "c", "cameras": [{"id": "cam", "source": "0",
+           "tiles": tiles}]}  # fmt: skip
+    path = tmp_path / "a.yaml"
+    path.write_text(json.dumps(cfg))
+    rc = main(["check-config", str(path)])
+    if ok:
+        assert "cameras.0.tiles" not in capsys.readouterr().err
+    else:
+        assert rc == 2
+        assert "cameras.0.tiles" in capsys.readouterr().err

@@ -411,3 +411,37 @@ def test_restart_end_continues_the_committed_visit():
     assert (ev.start_ts, ev.end_ts, ev.ts) == (100.0, 130.0, 130.0)
     assert not ev.has_snapshot
     assert em.visit is None
+
+
+def parked_and_mover(**kw):
+    """A car parked for a second; a car enters and, one detection later, covers it (the parked
+    car is not detected then). The mover's box overlaps the parked one by IoU 0.375, its own
+    previous box by less than ``iou_match``."""
+    tr = make_tracker(high_score=0.5, max_lost_s=4.0, **kw)
+    parked = ("car", (300, 200, 400, 260), 0.8)
+    for k in range(6):
+        tr.update(dets(parked), k * 0.2)
+    tr.update(dets(parked, ("car", (150, 180, 310, 280), 0.9)), 1.2)
+    return {t.track_id: t for t in tr.update(dets(("car", (260, 180, 420, 280), 0.9)), 1.4)}
+
+
+@pytest.mark.parametrize(("still_iou", "hijacked"), [(0.5, False), (0.0, True)])
+def test_a_car_driving_past_a_parked_one_does_not_take_its_track(still_iou, hijacked):
+    tracks = parked_and_mover(still_iou=still_iou)
+    moved = tracks[1].box != (300.0, 200.0, 400.0, 260.0)
+    assert moved is hijacked  # with the still rule the parked track stays where it is
+
+
+@pytest.mark.parametrize(("duplicate_iou", "alive"), [(0.7, [2]), (1.0, [1, 2])])
+def test_a_second_box_of_the_same_object_keeps_no_other_track_alive(duplicate_iou, alive):
+    """A car also scored as a truck (same box, low score) is one object: its second box must
+    not keep the track of a car hidden behind it alive (moving cars: the still rule aside)."""
+    tr = make_tracker(high_score=0.5, max_lost_s=0.6, low_iou_match=0.3, still_iou=0.0,
+                      duplicate_iou=duplicate_iou)  # fmt: skip
+    hidden = ("car", (100, 100, 200, 160), 0.8)
+    front = ("car", (150, 100, 250, 170), 0.9)
+    for k in range(4):
+        tr.update(dets(hidden, front), k * 0.2)
+    for k in range(4, 10):  # only the front car, twice
+        out = tr.update(dets(front, ("truck", (150, 100, 250, 170), 0.3)), k * 0.2)
+    assert [t.track_id for t in out] == alive  # without the rule the hidden car lives on
