@@ -1,4 +1,4 @@
-"""Privacy masks end to end: the real agent, model and footage, a real Mosquitto and subscriber.
+"""Privacy masks and zones end to end: the real agent, model and footage, a real Mosquitto.
 
 The clip is built from one-by-one-person-detection.mp4: one second of the empty room, then four
 seconds of a person standing by the table (around x 0.50-0.71, y 0.01-0.86 of the frame).
@@ -91,3 +91,32 @@ def test_published_snapshots_are_black_inside_the_mask(tmp_path, clip):
     fh, fw = first.shape[:2]
     assert first[int(0.1 * fh) : int(0.4 * fh), int(0.82 * fw) : int(0.95 * fw)].mean() > 100
     assert evs[0]["zones"] == []  # the contract field is there, empty without zones
+
+
+TABLE = {"name": "table", "polygon": [[0.45, 0.7], [0.8, 0.7], [0.8, 1.0], [0.45, 1.0]]}
+DOOR = {"name": "door", "polygon": [[0.0, 0.6], [0.2, 0.6], [0.2, 1.0], [0.0, 1.0]]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("required", "expect"), [(["table"], True), (["door"], False)])
+def test_zones_in_published_events_and_required_zones(tmp_path, clip, required, expect):
+    """The person stands by the table (feet in the table zone), never in the door zone."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    sub = Subscriber(broker.port, "camnet/#")
+    try:
+        config = write_config(tmp_path, broker.port, source=str(clip), zones=[TABLE, DOOR],
+                              required_zones=required)  # fmt: skip
+        proc = run_agent(config)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sub.wait_for(lambda ms: any(b'"offline"' in m.payload for m in ms), 10)
+        evs = events(sub.messages)
+    finally:
+        sub.close()
+        broker.stop()
+    if not expect:
+        assert evs == []  # reported only after entering the door zone: never
+        return
+    assert [e["type"] for e in evs] == ["new", "end"]
+    assert evs[0]["zones"] == ["table"]
+    assert evs[-1]["entered_zones"] == ["table"]
