@@ -43,6 +43,7 @@ from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox, OutboxStats
 from agent.pipeline import CameraWorker
 from agent.publisher import Publisher
+from agent.service import Supervisor, status_line
 from agent.sink import OutboxSink
 from agent.sources import source_kind
 
@@ -139,6 +140,23 @@ class App:
             self.collect_heartbeat, self.link, self.topics.heartbeat,
             interval_s=hb.interval_s, qos=hb.qos,
         )  # fmt: skip
+        self.service = Supervisor.from_env(self.status_line)
+        self._watch()
+
+    def _watch(self) -> None:
+        """Give every thread the agent owns a liveness beat (the systemd watchdog reads them)."""
+        beat = self.service.liveness.beat
+        self.link.progress = beat("mqtt-link")
+        self.publisher.progress = beat("publisher")
+        self.heartbeat.progress = beat("heartbeat")
+        for cam in self.cameras:
+            cam.capture.progress = beat(f"capture-{cam.cfg.id}")
+            cam.worker.progress = beat(f"worker-{cam.cfg.id}")
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: cameras online, outbox depth, MQTT link."""
+        cams = [(cam.cfg.id, str(cam.capture.status().state)) for cam in self.cameras]
+        return status_line(cams, self.outbox.stats().depth, self.link.connected)
 
     def _camera(self, cfg: CameraConfig, sink: OutboxSink) -> Camera:
         counters = PipelineCounters()
@@ -207,9 +225,11 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.start()
+        self.service.start()  # READY=1 once every thread has ticked
         try:
             self.wait()
         finally:
+            self.service.stopping()
             self.shutdown()
         return 0
 

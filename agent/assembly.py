@@ -47,6 +47,7 @@ def make_pipeline(
     builder = EventBuilder(
         cam.id, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
         snapshot_gain=ev.snapshot_gain, snapshots=settings.snapshots.enabled,
+        view_width=settings.snapshots.max_width,
     )  # fmt: skip
     scene = CameraScene(cam)
     if cam.tiles is not None:

@@ -20,6 +20,7 @@ import tenacity
 from agent.config import CameraConfig
 from agent.domain import Frame
 from agent.errors import SourceError, SourceFinished
+from agent.liveness import NULL_BEAT, Beat
 from agent.redact import redact_url
 from agent.sources import Clock, FrameSource, SystemClock, is_lossless, make_source
 
@@ -253,6 +254,7 @@ class CaptureThread:
         self._slot = FrameSlot(lossless, source.name)
         self._monitor = _Monitor(source.name, self._clock, fps_window_s)
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self.progress: Beat = NULL_BEAT  # ticked by the capture thread (agent.liveness)
 
     @classmethod
     def for_camera(
@@ -305,8 +307,10 @@ class CaptureThread:
                     log.exception("%s", redact_url(message))
                     self._monitor.internal_error(redact_url(message))
                     self._monitor.set_state("reconnecting")
+                    self.progress.tick(self._backoff.max_s)
                     self._stop.wait(self._backoff.max_s)
         finally:
+            self.progress.retire()
             if self.status().state != "finished":
                 self._monitor.set_state("stopped")
 
@@ -331,12 +335,14 @@ class CaptureThread:
         return outcome != "dropped"
 
     def _sleep(self, seconds: float) -> None:
+        self.progress.tick(seconds)
         self._stop.wait(seconds)
 
     def _session(self) -> _Outcome:
         if self._stop.is_set():
             return "stopped"
         self._monitor.opening()
+        self.progress.tick(self._first_read_s)  # open() is bounded by the open timeout
         try:
             self._source.open()
             return self._pump()
@@ -369,6 +375,7 @@ class CaptureThread:
 
     def _read(self, *, first: bool) -> Frame:
         budget = self._first_read_s if first else self._read_timeout_s
+        self.progress.tick(budget)
         self._monitor.begin_read(budget)
         try:
             frame = self._source.read()

@@ -8,6 +8,7 @@ never touch disk or network: :func:`preflight` does the file checks separately.
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,7 +33,14 @@ from pydantic_settings import (
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
 from agent.geometry import polygon_problem
+from agent.models import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_MODEL_FILE,
+    default_model_dir,
+    missing_model_hint,
+)
 from agent.redact import source_secrets
+from agent.tls import build_context
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
 _ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -42,22 +50,68 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
-    """The secret from its inline value or from its ``*_file`` (read here, never in validators)."""
+def read_secret(value: SecretStr | None, path: Path | None, field: str | None = None) -> str | None:
+    """The secret from its inline value or from its ``*_file`` (read here, never in validators).
+
+    A file that cannot be read is a :class:`ConfigError` naming ``field`` (or the file)."""
     if path is not None:
         try:
             return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError([(str(path), f"cannot read secret file: {exc.strerror}")]) from exc
+            why = f"cannot read secret file {path}: {exc.strerror}"
+            raise ConfigError([(field or str(path), why)]) from exc
     return value.get_secret_value() if value is not None else None
 
 
+_HOST_NAME = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+
+
 class TlsConfig(Section):
+    """TLS to the broker. The broker's certificate and name are always verified (TLS >= 1.2);
+    ``server_name`` pins the name to check when ``mqtt.host`` is not in the certificate."""
+
     enabled: bool = Field(False, description="Connect with TLS.")
-    ca_file: Path | None = Field(None, description="CA bundle that signed the broker certificate.")
-    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
-    key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
-    verify_hostname: bool = Field(True, description="Check the broker's name in its certificate.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle that signed the broker certificate (default: the system's)."
+    )
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS (PEM).")
+    key_file: Path | None = Field(
+        None, description="Client private key for mutual TLS (PEM; default: in cert_file)."
+    )
+    key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted key_file (prefer key_password_file)."
+    )
+    key_password_file: Path | None = Field(
+        None, description="File holding the password of an encrypted key_file."
+    )
+    server_name: str | None = Field(
+        None,
+        pattern=_HOST_NAME,
+        description="Name the broker certificate must carry, when it is not mqtt.host "
+        "(e.g. the broker is reached by IP address). Also sent as SNI.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_verify_switch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "verify_hostname" in data:
+            raise ValueError(
+                "verify_hostname was removed: the broker's name is always verified; "
+                "pin the name its certificate carries with server_name"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsConfig:
+        if self.key_password is not None and self.key_password_file is not None:
+            raise ValueError("give key_password or key_password_file, not both")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        return self
+
+    def read_key_password(self) -> str | None:
+        """The key password (inline or from its file); ConfigError naming the field."""
+        return read_secret(self.key_password, self.key_password_file, "key_password_file")
 
 
 class MqttConfig(Section):
@@ -185,8 +239,36 @@ class CameraConfig(Section):
     )
     open_timeout_s: float = Field(10.0, gt=0, description="Give up opening after this long.")
     read_timeout_s: float = Field(10.0, gt=0, description="No frame for this long: reopen.")
-    width: int | None = Field(None, gt=0, description="GStreamer pipelines: frame width.")
-    height: int | None = Field(None, gt=0, description="GStreamer pipelines: frame height.")
+    width: int | None = Field(
+        None, gt=0, description="Frame width: required for GStreamer; ffmpeg scales to it."
+    )
+    height: int | None = Field(
+        None, gt=0, description="Frame height: required for GStreamer; ffmpeg scales to it."
+    )
+    decoder: Literal["opencv", "ffmpeg", "gstreamer"] = Field(
+        "opencv",
+        description="URL and file sources: decode in-process with OpenCV, or in an ffmpeg or "
+        "gst-launch-1.0 subprocess (killed and restarted when it hangs). Pipelines "
+        "(containing '!') always run in gst-launch-1.0.",
+    )
+    hwaccel: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="decoder ffmpeg: its -hwaccel method, e.g. drm or v4l2m2m (Pi), cuda "
+        "(Jetson, NVIDIA), vaapi (Intel).",
+    )
+    ffmpeg_codec: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="decoder ffmpeg: the decoder to force with -c:v, e.g. h264_v4l2m2m (Pi 4), "
+        "h264_nvv4l2dec (Jetson's ffmpeg build).",
+    )
+    gst_decoder: str = Field(
+        "decodebin",
+        min_length=1,
+        description="decoder gstreamer with an rtsp:// source: the H.264 decoding element(s), "
+        "e.g. v4l2h264dec (Pi), 'nvv4l2decoder ! nvvidconv' (Jetson), avdec_h264 (software).",
+    )
     privacy_masks: list[PolygonField] = Field(
         default_factory=list,
         description="Polygons blacked out on every frame before anything sees it (detection, "
@@ -206,6 +288,16 @@ class CameraConfig(Section):
     filters: dict[str, ObjectFilterConfig] = Field(
         default_factory=dict, description="Per-label object filters."
     )
+
+    @model_validator(mode="after")
+    def _gstreamer_decoder_needs(self) -> CameraConfig:
+        if self.decoder != "gstreamer" or "!" in self.source:
+            return self
+        if not re.match(r"^rtsps?://", self.source.strip(), re.IGNORECASE):
+            raise ValueError("decoder gstreamer needs an rtsp:// source (or write a pipeline)")
+        if self.width is None or self.height is None:
+            raise ValueError("decoder gstreamer needs width and height")
+        return self
 
     @field_validator("tiles")
     @classmethod
@@ -241,7 +333,16 @@ Family = Literal["auto", "yolox", "picodet", "nanodet", "yolov5", "yolov8"]
 
 
 class DetectorConfig(Section):
-    model: Path = Field(Path("models/yolox_nano_416.onnx"), description="ONNX model file.")
+    model: Path = Field(
+        DEFAULT_MODEL_DIR / DEFAULT_MODEL_FILE,  # replaced by _default_model: model_dir wins
+        description="ONNX model file; default: the default model (yolox_nano_416.onnx) in "
+        "model_dir, where `edge-agent models fetch` installs it.",
+    )
+    model_dir: Path = Field(
+        default_factory=default_model_dir,
+        description="Directory of the installed models: $EDGE_AGENT_MODEL_DIR, else "
+        "/var/lib/edge-agent/models.",
+    )
     family: Family = Field("auto", description="Model family; auto detects it from the graph.")
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads.")
     spin: bool = Field(False, description="Let onnxruntime threads spin (burns CPU).")
@@ -253,6 +354,15 @@ class DetectorConfig(Section):
         default_factory=dict, description="Per-label minimum scores overriding min_score."
     )
     nms_iou: float = Field(0.45, gt=0, le=1, description="IoU above which NMS suppresses.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        """No ``model``: the default model file in ``model_dir``."""
+        if isinstance(data, dict) and data.get("model") is None:
+            model_dir = data.get("model_dir") or default_model_dir()
+            return {**data, "model": Path(model_dir) / DEFAULT_MODEL_FILE}
+        return data
 
     @model_validator(mode="after")
     def _labels_known(self) -> DetectorConfig:
@@ -371,10 +481,11 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def validation_problems(exc: ValidationError, where: str = "") -> list[tuple[str, str]]:
+    """One ``(field path, reason)`` per pydantic error, the paths under ``where`` if given."""
     out = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(root)"
+        path = ".".join([where] * bool(where) + [str(p) for p in err["loc"]]) or "(root)"
         out.append((path, err["msg"]))
     return out
 
@@ -390,7 +501,7 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     try:
         return _FromFile(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from exc
+        raise ConfigError(validation_problems(exc)) from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -401,19 +512,21 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
 
 
 def preflight(settings: Settings) -> list[tuple[str, str]]:
-    """Checks that need the disk: files the config names exist and are readable."""
+    """Checks that need the disk: files the config names exist and are readable, and the TLS
+    context builds from them (so bad TLS material is a config problem, exit 2)."""
     problems: list[tuple[str, str]] = []
     if not settings.detector.model.is_file():
-        problems.append(("detector.model", f"model file not found: {settings.detector.model}"))
-    files = {
-        "mqtt.password_file": settings.mqtt.password_file,
-        "mqtt.tls.ca_file": settings.mqtt.tls.ca_file,
-        "mqtt.tls.cert_file": settings.mqtt.tls.cert_file,
-        "mqtt.tls.key_file": settings.mqtt.tls.key_file,
-    }
-    for name, file in files.items():
-        if file is not None and not file.is_file():
-            problems.append((name, f"file not found: {file}"))
+        model = settings.detector.model
+        problems.append(
+            ("detector.model", f"model file not found: {model}; {missing_model_hint(model)}")
+        )
+    mqtt = settings.mqtt
+    try:
+        read_secret(None, mqtt.password_file, "mqtt.password_file")
+        if mqtt.tls.enabled:
+            build_context(mqtt.tls, "mqtt.tls")
+    except ConfigError as exc:
+        problems += exc.problems
     for i, cam in enumerate(settings.cameras):
         if _looks_like_file(cam.source) and not Path(cam.source).exists():
             problems.append((f"cameras.{i}.source", f"file not found: {cam.source}"))
@@ -422,10 +535,50 @@ def preflight(settings: Settings) -> list[tuple[str, str]]:
     return problems
 
 
+def config_warnings(settings: Settings, config_file: Path | None) -> list[tuple[str, str]]:
+    """What works but should not be so: the config or a secret file readable by other local
+    users, a password sent in clear text, TLS files that are not used."""
+    warnings: list[tuple[str, str]] = []
+    mqtt, tls = settings.mqtt, settings.mqtt.tls
+    secrets: list[tuple[str, Path | None]] = [
+        ("config file", config_file),
+        ("mqtt.password_file", mqtt.password_file),
+        ("mqtt.tls.key_file", tls.key_file if tls.key_file is not None else tls.cert_file),
+        ("mqtt.tls.key_password_file", tls.key_password_file),
+    ]
+    secrets += [
+        (f"cameras.{i}.password_file", c.password_file) for i, c in enumerate(settings.cameras)
+    ]
+    for field, path in secrets:
+        mode = _mode(path)
+        if path is not None and mode is not None and mode & 0o044:
+            why = f"{path} is readable by other users (mode {mode:04o}); chmod 600 it"
+            warnings.append((field, why))
+    has_password = mqtt.password is not None or mqtt.password_file is not None
+    if has_password and not tls.enabled:
+        warnings.append(("mqtt.password", "sent in clear text: mqtt.tls.enabled is false"))
+    unused = [n for n in ("ca_file", "cert_file", "key_file") if getattr(tls, n) is not None]
+    if unused and not tls.enabled:
+        warnings.append(("mqtt.tls", f"{', '.join(unused)} set but enabled is false: not used"))
+    return warnings
+
+
+def _mode(path: Path | None) -> int | None:
+    try:
+        return None if path is None else stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None  # missing files are preflight's problems
+
+
 def known_secrets(settings: Settings) -> list[str]:
-    """Every password the config names (inline or in files), for the log filter to mask."""
+    """Every password the config names (inline or in files), for the log filter to mask:
+    the MQTT password, the TLS key password and the cameras' passwords."""
     found: list[str] = []
-    candidates = [(settings.mqtt.password, settings.mqtt.password_file)]
+    tls = settings.mqtt.tls
+    candidates = [
+        (settings.mqtt.password, settings.mqtt.password_file),
+        (tls.key_password, tls.key_password_file),
+    ]
     candidates += [(None, cam.password_file) for cam in settings.cameras]
     for value, path in candidates:
         try:

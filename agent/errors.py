@@ -45,3 +45,11 @@ class OutboxCorrupt(OutboxError):  # noqa: N818 - named after the state of the f
 
 class LinkError(AgentError):
     """The MQTT link failed (refused connection, bad TLS material)."""
+
+
+class OnvifError(AgentError):
+    """An ONVIF camera could not be queried (unreachable, bad reply, SOAP fault)."""
+
+
+class OnvifAuthError(OnvifError):
+    """The camera refused the credentials (or needs some)."""

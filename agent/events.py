@@ -35,6 +35,7 @@ from agent.domain import (
     SnapshotRequest,
     Track,
 )
+from agent.snapshot import KeptView
 
 
 def snapshot_quality(box: BoxPx, score: float, width: int, height: int) -> float:
@@ -87,7 +88,7 @@ class Emission:
 
 @dataclass
 class _Best:
-    frame: Frame
+    view: KeptView | None  # None when snapshots are off
     box: BoxPx
     score: float
     quality: float
@@ -121,6 +122,8 @@ class EventBuilder:
         snapshot_gain: float,
         snapshots: bool = True,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        view_width: int = 640,
+        view_quality: int = 90,
     ) -> None:
         self.camera = camera
         self.update_interval_s = update_interval_s
@@ -128,6 +131,9 @@ class EventBuilder:
         self.snapshot_gain = snapshot_gain
         self.snapshots = snapshots
         self._new_id = new_id
+        self.view_width = view_width  # best views are kept this wide (snapshots.max_width)
+        self.view_quality = view_quality
+        self._view: KeptView | None = None  # the latest frame's view, shared by its tracks
         self._best: dict[int, _Best] = {}
         self._open: dict[int, _Open] = {}
         self._seen: dict[int, tuple[float, float]] = {}  # track -> (best score, last wall time)
@@ -182,9 +188,22 @@ class EventBuilder:
         q = snapshot_quality(track.box, track.score, frame.width, frame.height)
         best = self._best.get(track.track_id)
         if best is None or q > best.quality:
-            self._best[track.track_id] = _Best(frame, track.box, track.score, q)
+            self._best[track.track_id] = _Best(self._keep(frame), track.box, track.score, q)
         score, _ = self._seen.get(track.track_id, (0.0, frame.wall_ts))
         self._seen[track.track_id] = (max(score, track.score), frame.wall_ts)
+
+    def _keep(self, frame: Frame) -> KeptView | None:
+        """``frame`` as a small JPEG view, encoded once however many tracks want it."""
+        if not self.snapshots:
+            return None
+        view = self._view
+        if view is None or (view.camera_id, view.index, view.ts) != (
+            frame.camera_id, frame.index, frame.ts,
+        ):  # fmt: skip
+            view = self._view = KeptView.of(
+                frame, max_width=self.view_width, quality=self.view_quality
+            )
+        return view
 
     def _wall(self, frame: Frame, ts: float) -> float:
         return frame.wall_ts - (frame.ts - ts)
@@ -263,7 +282,10 @@ class EventBuilder:
 
     @staticmethod
     def _request(op: _Open, best: _Best) -> SnapshotRequest:
-        return SnapshotRequest(op.event_id, best.frame, best.box, op.label, best.score)
+        view = best.view
+        if view is None:
+            raise ValueError("a snapshot was requested with snapshots off")
+        return SnapshotRequest(op.event_id, view.frame(), view.box(best.box), op.label, best.score)
 
 
 def restart_end(visit: OpenVisit) -> Emission:

@@ -19,6 +19,7 @@ from typing import Protocol
 import psutil
 
 from agent.codec import HEARTBEAT_SCHEMA, encode_dataclass
+from agent.liveness import NULL_BEAT, Beat
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class HeartbeatThread:
         self._qos = qos
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.progress: Beat = NULL_BEAT  # ticked every beat (agent.liveness)
         self.sent = 0
         self.skipped = 0
         self.errors = 0
@@ -190,11 +192,13 @@ class HeartbeatThread:
 
     def _run(self) -> None:
         while not self._link.connected:  # the first heartbeat goes out once connected
+            self.progress.tick(0.1)
             if self._stop.wait(0.1):
                 return
         next_at = time.monotonic()
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += self._interval_s
+            self.progress.tick(self._interval_s)
             try:
                 self.beat()
             except Exception:  # thread top: log, count, keep beating

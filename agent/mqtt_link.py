@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -35,14 +36,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, read_secret
 from agent.errors import LinkError
+from agent.liveness import NULL_BEAT, Beat
+from agent.tls import build_context, describe_ssl_text, describe_tls_error
 
 log = logging.getLogger(__name__)
 _paho_log = log.getChild("paho")
 
 _LOOP_S = 0.2
 _CONNACK_TIMEOUT_S = 10.0
+# one connection attempt may block this long: DNS (glibc: 2 tries x 3 servers x 5 s), TCP and
+# TLS (paho's 5 s each), then the CONNACK wait; declared to the liveness watch
+_CONNECT_BUDGET_S = 30.0 + 2 * 5.0 + _CONNACK_TIMEOUT_S
 _OFFLINE_ACK_TIMEOUT_S = 2.0
 _OWN_QUOTA = 2  # status messages of our own that may be in flight next to the publisher's
+_SOCKET_ERRORS = ("failed to receive on socket", "failed to send on socket")  # paho's log texts
 
 
 class PubAck(NamedTuple):
@@ -95,6 +102,7 @@ class MqttLink:
         self._offline: bytes | None = None
         self._thread: threading.Thread | None = None
         self._wakers: list[threading.Event] = []
+        self.progress: Beat = NULL_BEAT  # ticked by the link thread (agent.liveness)
         # set by the link thread; read anywhere
         self._connected = threading.Event()
         self._recv_max = 65535
@@ -110,7 +118,8 @@ class MqttLink:
         self._flag_lock = threading.Lock()  # leaf lock for the counters below
         self._published = 0
         self._was_lost = False
-        self._refusals_logged: set[str] = set()
+        self._reasons_logged: set[str] = set()  # why connecting failed, logged once each
+        self._socket_error: str | None = None  # paho's last socket error (link thread)
         self._client = self._make_client(client_id, will_payload)
 
     def _make_client(self, client_id: str, will_payload: bytes) -> mqtt.Client:
@@ -118,8 +127,7 @@ class MqttLink:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
-        if _paho_log.isEnabledFor(logging.DEBUG):  # paho's ERRORs repeat our own warnings
-            client.on_log = _log_paho
+        client.on_log = self._on_log
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -127,18 +135,10 @@ class MqttLink:
         client.max_inflight_messages_set(0)  # the publisher bounds in-flight rows itself
         client.will_set(self._status_topic, will_payload, qos=1, retain=True)
         if cfg.username is not None:
-            client.username_pw_set(cfg.username, read_secret(cfg.password, cfg.password_file))
-        if cfg.tls.enabled:
-            tls = cfg.tls
-            try:
-                client.tls_set(
-                    ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                    certfile=str(tls.cert_file) if tls.cert_file else None,
-                    keyfile=str(tls.key_file) if tls.key_file else None,
-                )
-                client.tls_insecure_set(not tls.verify_hostname)
-            except (OSError, ValueError) as exc:
-                raise LinkError(f"cannot set up TLS for the MQTT link: {exc}") from exc
+            password = read_secret(cfg.password, cfg.password_file, "mqtt.password_file")
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls.enabled:  # bad TLS material: ConfigError naming the field
+            client.tls_set_context(build_context(cfg.tls, "mqtt.tls"))
         return client
 
     # -- public API ---------------------------------------------------------------------------
@@ -246,6 +246,12 @@ class MqttLink:
         recv_max = getattr(props, "ReceiveMaximum", 65535) if props is not None else 65535
         self._connack.put((reason, int(recv_max)))
 
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and buf.startswith(_SOCKET_ERRORS):
+            self._socket_error = describe_ssl_text(buf.split(": ", 1)[-1])  # e.g. a TLS alert
+        if _paho_log.isEnabledFor(logging.DEBUG):  # paho's ERRORs repeat our own warnings
+            _paho_log.debug("%s", buf)
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, _r: Any, _p: Any) -> None:
         self._lost.set()
 
@@ -265,6 +271,7 @@ class MqttLink:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            self.progress.tick(_LOOP_S if self._connected.is_set() else _CONNECT_BUDGET_S)
             try:
                 if self._connected.is_set():
                     self._service()
@@ -275,11 +282,13 @@ class MqttLink:
                         attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s, self._rng
                     )
                     attempt += 1
+                    self.progress.tick(delay)
                     self._stop.wait(delay)
             except Exception as exc:  # thread top: log, count, back off, go on
                 log.exception("mqtt link thread error")
                 self._last_error = f"link thread error: {exc!r}"
                 self._lose(MQTTErrorCode.MQTT_ERR_UNKNOWN)
+                self.progress.tick(self._cfg.reconnect_min_s)
                 self._stop.wait(self._cfg.reconnect_min_s)
         try:
             self._shutdown()
@@ -297,9 +306,13 @@ class MqttLink:
         self._lost.clear()
         while not self._connack.empty():
             self._connack.get_nowait()
+        self._socket_error = None
         try:
             self._client.connect(host, port, self._cfg.keepalive_s, clean_start=True)
-        except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
+        except ssl.SSLError as exc:  # expired or untrusted certificate, name mismatch, ...
+            why = describe_tls_error(exc)
+            return self._failed_attempt(f"TLS handshake with {host}:{port} failed: {why}")
+        except (OSError, ValueError) as exc:  # refused, unreachable, DNS
             return self._failed_attempt(f"cannot connect to {host}:{port}: {exc}")
         deadline = time.monotonic() + _CONNACK_TIMEOUT_S
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -311,8 +324,14 @@ class MqttLink:
                 self._up(recv_max)
                 return True
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return self._failed_attempt(f"{host}:{port} closed before CONNACK ({rc.name})")
+                return self._failed_attempt(self._closed_before_connack())
         return self._failed_attempt(f"no CONNACK from {host}:{port}")
+
+    def _closed_before_connack(self) -> str:
+        host, port, why = self._cfg.host, self._cfg.port, self._socket_error
+        if why is not None and " alert " in f" {why} ":  # the broker refused our certificate
+            return f"TLS handshake with {host}:{port} failed: the broker sent {why}"
+        return f"{host}:{port} closed the connection before CONNACK: {why or 'no reason given'}"
 
     def _up(self, recv_max: int) -> None:
         payload = self._online_payload()
@@ -323,7 +342,7 @@ class MqttLink:
             self._own_mids[info.mid] = False
             self._connected.set()
         self._connects += 1
-        self._refusals_logged.clear()
+        self._reasons_logged.clear()
         log.info("mqtt connected to %s:%d", self._cfg.host, self._cfg.port)
         self._wake()
 
@@ -339,18 +358,21 @@ class MqttLink:
         with self._flag_lock:
             self._was_lost = True
         self._disconnects += 1
-        self._last_error = f"connection lost: {mqtt.error_string(rc)}"
+        why = self._socket_error or mqtt.error_string(rc)
+        self._last_error = f"connection lost: {why}"
         log.warning(
             "mqtt connection to %s:%d lost (%s); %d unacked messages left to the outbox",
             self._cfg.host,
             self._cfg.port,
-            mqtt.error_string(rc),
+            why,
             len(dropped),
         )
         self._wake()
 
     def _failed_attempt(self, why: str) -> bool:
-        if why != self._last_error:
+        """Record why; logged once per distinct reason until the next successful connect."""
+        if why not in self._reasons_logged:
+            self._reasons_logged.add(why)
             log.warning("mqtt %s; retrying with backoff", why)
         self._last_error = why
         return False
@@ -358,8 +380,8 @@ class MqttLink:
     def _refusal(self, reason: ReasonCode) -> bool:
         self._refused += 1
         why = f"broker refused the connection: {reason} (reason code {reason.value})"
-        if why not in self._refusals_logged:
-            self._refusals_logged.add(why)
+        if why not in self._reasons_logged:
+            self._reasons_logged.add(why)
             log.error("mqtt %s:%d: %s; retrying with backoff", self._cfg.host, self._cfg.port, why)
         self._last_error = why
         return False
@@ -390,10 +412,6 @@ class MqttLink:
     def _wake(self) -> None:
         for event in self._wakers:
             event.set()
-
-
-def _log_paho(_client: mqtt.Client, _userdata: Any, _level: int, buf: str) -> None:
-    _paho_log.debug("%s", buf)
 
 
 def _ignore_socket(_client: mqtt.Client, _userdata: Any, _sock: Any) -> None:

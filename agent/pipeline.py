@@ -18,6 +18,7 @@ from agent.detector import Detector
 from agent.domain import Detections, EndReason, EventType, Frame, Track
 from agent.errors import DetectorError, OutboxError, SourceFinished
 from agent.events import Emission, EventBuilder
+from agent.liveness import NULL_BEAT, Beat
 from agent.metrics import PipelineCounters
 from agent.scene import CameraScene
 from agent.tracker import Tracker
@@ -171,6 +172,7 @@ class CameraWorker:
         self._clock = clock
         self._wall = wall
         self._thread = threading.Thread(target=self._run, name=f"worker-{camera_id}", daemon=True)
+        self.progress: Beat = NULL_BEAT  # ticked every iteration (agent.liveness)
 
     def start(self) -> None:
         self._thread.start()
@@ -189,11 +191,13 @@ class CameraWorker:
         reason = EndReason.SHUTDOWN
         try:
             while not self._stop.is_set():
+                self.progress.tick(1.0)  # a frame wait (0.5 s) or the error pause (1 s)
                 if not self._once():
                     reason = EndReason.SOURCE_FINISHED
                     break
         finally:
             self._finish(reason)
+            self.progress.retire()
 
     def _once(self) -> bool:
         """One frame (or one timeout); False when the source has finished."""

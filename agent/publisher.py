@@ -42,6 +42,7 @@ from typing import Literal, Protocol
 from agent.codec import Topics, encode_gap
 from agent.config import MqttConfig
 from agent.errors import AgentError, LinkError
+from agent.liveness import NULL_BEAT, Beat
 from agent.mqtt_link import PubAck, backoff_delay
 from agent.outbox import GapReport, Kind, Outbox, StoredMessage
 
@@ -146,6 +147,7 @@ class Publisher:
         link.add_waker(self._wake)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.progress: Beat = NULL_BEAT  # ticked every iteration (agent.liveness)
         # owned by the publisher thread
         self._inflight: dict[int, StoredMessage] = {}  # mid -> row
         self._retry: dict[int, _Retry] = {}  # rowid -> row waiting to be sent again
@@ -202,6 +204,7 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.progress.tick(max(self._idle_s, 1.0))  # the idle wait or the error pause (1 s)
             self._wake.clear()
             try:
                 self.step()

@@ -1,5 +1,7 @@
-"""Frame sources: video files, RTSP/HTTP streams and USB cameras through OpenCV, and GStreamer
-pipelines through a ``gst-launch-1.0`` subprocess (pip's OpenCV has no GStreamer).
+"""Frame sources: video files, RTSP/HTTP streams and USB cameras through OpenCV, GStreamer
+pipelines through a ``gst-launch-1.0`` subprocess (pip's OpenCV has no GStreamer), and streams
+or files through an ``ffmpeg`` subprocess (``decoder: ffmpeg``). The subprocess sources share
+:class:`PipeSource`: raw BGR frames read from a pipe, the process killed on a timeout.
 
 A source is used by one thread at a time (its :class:`~agent.capture.CaptureThread`). It can be
 closed and opened again; ``ts`` never goes backwards over the life of one source object.
@@ -9,6 +11,7 @@ Every error is a :class:`SourceError` whose message names the source with creden
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -19,8 +22,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import IO, Any, Literal, NoReturn, Protocol
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -38,6 +41,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://\S*$")
 _FDSINK_LAST = re.compile(r"!\s*fdsink\b[^!]*$")
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 RTSP_DEFAULTS = {"rtsp_transport": "tcp", "analyzeduration": "1000000"}
+ENDED = "pipeline ended"
+PROBE_1S = ("-analyzeduration", "1000000")  # FFmpeg's default 5 s probe delays each (re)open
 
 
 class Clock(Protocol):
@@ -117,11 +122,14 @@ def with_password(url: str, password: str | None) -> str:
 
 
 def make_source(cfg: CameraConfig, clock: Clock | None = None) -> FrameSource:
-    """The source for a camera config: :class:`GstPipeSource` for pipelines, else OpenCV."""
+    """The source for a camera config: :class:`GstPipeSource` for pipelines and ``decoder:
+    gstreamer``, :class:`FfmpegSource` for ``decoder: ffmpeg``, else :class:`OpenCVSource`."""
     clock = clock or SystemClock()
     kind = source_kind(cfg.source)
-    if kind == "gstreamer":
+    if kind == "gstreamer" or cfg.decoder == "gstreamer":
         return GstPipeSource(cfg, clock)
+    if cfg.decoder == "ffmpeg":
+        return FfmpegSource(cfg, clock)
     return OpenCVSource(cfg, clock, kind)
 
 
@@ -361,29 +369,62 @@ class OpenCVSource:
         return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
 
+def gst_tail(width: int, height: int) -> str:
+    """What turns decoded video into raw BGR frames of ``width`` x ``height`` on stdout."""
+    caps = f"video/x-raw,format=BGR,width={width},height={height}"
+    return f"videoconvert ! videoscale ! {caps} ! fdsink fd=1"
+
+
 def gst_pipeline(source: str, width: int, height: int) -> str:
     """The pipeline to run: as given if it ends in ``fdsink``, else with a BGR tail appended."""
     if _FDSINK_LAST.search(source):
         return source.strip()
-    caps = f"video/x-raw,format=BGR,width={width},height={height}"
-    return f"{source.strip()} ! videoconvert ! videoscale ! {caps} ! fdsink fd=1"
+    return f"{source.strip()} ! {gst_tail(width, height)}"
 
 
-class GstPipeSource:
-    """A GStreamer pipeline run by ``gst-launch-1.0``, raw BGR frames read from its stdout.
+def gst_quote(value: str) -> str:
+    """``value`` as a double-quoted GStreamer property value."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    The first frame may take ``open_timeout_s``, later ones ``read_timeout_s``; on a timeout,
-    an early exit or close the process is killed. The pipeline's end is a failure (a camera
-    pipeline that ends has lost its camera), never :class:`SourceFinished`.
+
+def gst_rtsp_pipeline(url: str, decoder: str, width: int, height: int) -> list[str]:
+    """gst-launch-1.0 arguments decoding an H.264 RTSP camera with ``decoder``: ``decodebin``
+    (GStreamer picks), ``v4l2h264dec`` (Pi), ``nvv4l2decoder ! nvvidconv`` (Jetson),
+    ``avdec_h264`` (software). Credentials go in rtspsrc's ``user-id``/``user-pw``."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    location = urlunsplit(parts._replace(netloc=host))
+    src = ["rtspsrc", f"location={gst_quote(location)}", "protocols=tcp", "latency=200"]
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        src += [f"user-id={gst_quote(unquote(user))}", f"user-pw={gst_quote(unquote(password))}"]
+    if decoder.strip() == "decodebin":
+        decode = ["decodebin"]
+    else:
+        decode = ["rtph264depay", "!", "h264parse", "!", *shlex.split(decoder)]
+    return [*src, "!", *decode, "!", *shlex.split(gst_tail(width, height))]
+
+
+class PipeSource:
+    """A decoder subprocess writing raw BGR frames of a known size to its stdout.
+
+    Subclasses say what to run (:meth:`_command`). The first frame may take
+    ``open_timeout_s``, later ones ``read_timeout_s``; on a timeout (a hung or SIGSTOPped
+    decoder), an early exit or close, the process is killed, and the capture thread starts a
+    new one. Its stderr is kept in a temporary file; the tail of it, passwords masked, goes
+    into the error.
     """
 
-    def __init__(self, cfg: CameraConfig, clock: Clock, launcher: str = "gst-launch-1.0") -> None:
+    tool = "decoder"
+
+    def __init__(self, cfg: CameraConfig, clock: Clock) -> None:
         self._cfg = cfg
         self._clock = clock
-        self._launcher = launcher
         self._name = describe(cfg)
+        self._secrets = source_secrets(cfg.source)
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
+        self._size = (0, 0)
         self._first = True
         self._count = 0
 
@@ -397,22 +438,27 @@ class GstPipeSource:
 
     @property
     def pid(self) -> int | None:
-        """The running ``gst-launch-1.0`` process id, for tests and diagnostics."""
+        """The running decoder's process id, for tests and diagnostics."""
         return self._proc.pid if self._proc is not None else None
+
+    def _command(self) -> tuple[list[str], int, int]:
+        """The argv to run and the frame width and height it writes."""
+        raise NotImplementedError
+
+    def _stamp(self) -> float:
+        """The new frame's ``ts``: capture time (files override it with media time)."""
+        return self._clock.monotonic()
+
+    def _which(self, tool: str, package: str) -> str:
+        exe = shutil.which(tool)
+        if exe is None:
+            raise SourceError(f"{self._name}: {tool} not found (Debian: {package})")
+        return exe
 
     def open(self) -> None:
         self.close()
-        width, height = self._cfg.width, self._cfg.height
-        if width is None or height is None:
-            raise SourceError(f"{self._name}: GStreamer sources need width and height")
-        exe = shutil.which(self._launcher)
-        if exe is None:
-            raise SourceError(f"{self._name}: {self._launcher} not found (gstreamer1.0-tools)")
-        try:  # gst-launch parses its arguments one token each, quotes already removed
-            tokens = shlex.split(gst_pipeline(self._cfg.source, width, height))
-        except ValueError as exc:
-            raise SourceError(f"{self._name}: cannot parse the pipeline: {exc}") from exc
-        argv = [exe, "-q", *tokens]
+        argv, width, height = self._command()
+        self._size = (width, height)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
@@ -424,24 +470,27 @@ class GstPipeSource:
             )
         except OSError as exc:
             self.close()
-            raise SourceError(f"{self._name}: cannot start {self._launcher}: {exc}") from exc
+            raise SourceError(f"{self._name}: cannot start {self.tool}: {exc}") from exc
         self._first = True
 
     def read(self) -> Frame:
-        proc, width, height = self._proc, self._cfg.width, self._cfg.height
-        if proc is None or proc.stdout is None or width is None or height is None:
+        proc, (width, height) = self._proc, self._size
+        if proc is None or proc.stdout is None:
             raise SourceError(f"{self._name}: read before open")
         timeout = self._cfg.open_timeout_s if self._first else self._cfg.read_timeout_s
         image = np.empty((height, width, 3), np.uint8)
         problem = read_exact(proc.stdout.fileno(), image.data.cast("B"), timeout)
         if problem is not None:
-            detail = self._stderr_tail()
-            self.close()
-            raise SourceError(f"{self._name}: {problem}{': ' + detail if detail else ''}")
+            self._failed(problem)
         self._first = False
-        frame = Frame(self._cfg.id, self._count, self._clock.monotonic(), self._clock.time(), image)
+        frame = Frame(self._cfg.id, self._count, self._stamp(), self._clock.time(), image)
         self._count += 1
         return frame
+
+    def _failed(self, problem: str) -> NoReturn:
+        detail = self._stderr_tail()
+        self.close()
+        raise SourceError(f"{self._name}: {problem}{': ' + detail if detail else ''}")
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -457,7 +506,166 @@ class GstPipeSource:
         self._stderr.seek(0, os.SEEK_END)
         self._stderr.seek(max(0, self._stderr.tell() - limit))
         text = self._stderr.read().decode("utf-8", "replace")
-        return redact(" ".join(text.split()), source_secrets(self._cfg.source))
+        return redact(" ".join(text.split()), self._secrets)
+
+    def _url(self) -> str:
+        """The source URL with the password from ``password_file`` (read at each open)."""
+        password = read_secret(None, self._cfg.password_file)
+        self._secrets = [*source_secrets(self._cfg.source), *([password] if password else [])]
+        return with_password(self._cfg.source.strip(), password)
+
+
+class GstPipeSource(PipeSource):
+    """A GStreamer pipeline run by ``gst-launch-1.0``, raw BGR frames read from its stdout:
+    a pipeline source (containing ``!``), or an RTSP URL with ``decoder: gstreamer`` decoded
+    by ``gst_decoder``. ``width`` and ``height`` are required.
+
+    The pipeline's end is a failure (a camera pipeline that ends has lost its camera), never
+    :class:`SourceFinished`.
+    """
+
+    tool = "gst-launch-1.0"
+
+    def __init__(self, cfg: CameraConfig, clock: Clock, launcher: str = "gst-launch-1.0") -> None:
+        super().__init__(cfg, clock)
+        self.tool = launcher
+
+    def _command(self) -> tuple[list[str], int, int]:
+        width, height = self._cfg.width, self._cfg.height
+        if width is None or height is None:
+            raise SourceError(f"{self._name}: GStreamer sources need width and height")
+        exe = self._which(self.tool, "gstreamer1.0-tools")
+        try:  # gst-launch joins its arguments and parses the pipeline description again
+            if source_kind(self._cfg.source) == "rtsp":
+                tokens = gst_rtsp_pipeline(self._url(), self._cfg.gst_decoder, width, height)
+            else:
+                tokens = shlex.split(gst_pipeline(self._cfg.source, width, height))
+        except ValueError as exc:
+            raise SourceError(f"{self._name}: cannot parse the pipeline: {exc}") from exc
+        return [exe, "-q", *tokens], width, height
+
+
+def ffmpeg_argv(
+    exe: str,
+    url: str,
+    kind: SourceKind,
+    size: tuple[int, int],
+    *,
+    hwaccel: str | None = None,
+    codec: str | None = None,
+    realtime: bool = True,
+    loop: bool = False,
+) -> list[str]:
+    """``ffmpeg`` decoding ``url`` to raw BGR frames of ``size`` on its stdout."""
+    argv = [exe, "-nostdin", "-hide_banner", "-loglevel", "error"]
+    if kind == "rtsp":
+        argv += ["-rtsp_transport", "tcp", *PROBE_1S]
+    if hwaccel:
+        argv += ["-hwaccel", hwaccel]
+    if codec:
+        argv += ["-c:v", codec]
+    if kind == "file":
+        argv += ["-re"] if realtime else []
+        argv += ["-stream_loop", "-1"] if loop else []
+    width, height = size
+    return [
+        *argv, "-i", url, "-an", "-sn", "-dn", "-vf", f"scale={width}:{height}",
+        "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
+    ]  # fmt: skip
+
+
+def parse_probe(text: str) -> tuple[int, int, float | None]:
+    """Width, height and frame rate from ``ffprobe -of json`` output."""
+    streams = json.loads(text).get("streams") or []
+    if not streams:
+        raise ValueError("no video stream")
+    stream = streams[0]
+    num, _, den = str(stream.get("avg_frame_rate") or stream.get("r_frame_rate", "0/0")).partition(
+        "/"
+    )
+    try:
+        fps: float | None = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        fps = None
+    if fps is not None and not (math.isfinite(fps) and 0 < fps < 1000):
+        fps = None
+    return int(stream["width"]), int(stream["height"]), fps
+
+
+class FfmpegSource(PipeSource):
+    """An RTSP/HTTP stream or a file decoded by an ``ffmpeg`` subprocess (``decoder: ffmpeg``).
+
+    The frame size is ``width`` x ``height`` if both are set (ffmpeg scales), else probed with
+    ``ffprobe`` at each open. ``hwaccel`` is passed as ``-hwaccel``, ``ffmpeg_codec`` as
+    ``-c:v``. Files: ``ts`` is media
+    time (index / probed fps), ``realtime`` paces with ``-re``, ``loop`` uses
+    ``-stream_loop -1``, and the end is :class:`SourceFinished`.
+
+    The camera URL (with its password) is an argument of ffmpeg and ffprobe, so users of the
+    box who can read ``/proc/PID/cmdline`` can see it; see the README for the trade-off.
+    """
+
+    tool = "ffmpeg"
+
+    def __init__(self, cfg: CameraConfig, clock: Clock) -> None:
+        super().__init__(cfg, clock)
+        self._kind = source_kind(cfg.source)
+        self._timeline = MediaTimeline(frame_s=0.04)
+
+    @property
+    def is_live(self) -> bool:
+        return self._kind != "file"
+
+    def _command(self) -> tuple[list[str], int, int]:
+        cfg = self._cfg
+        if self._kind == "file" and not Path(cfg.source).is_file():
+            raise SourceError(f"{self._name}: file not found")
+        exe = self._which("ffmpeg", "ffmpeg")
+        url = self._url() if self._kind != "file" else cfg.source
+        width, height = cfg.width, cfg.height
+        if width is None or height is None or self._kind == "file":
+            probed_w, probed_h, fps = self._probe(url)
+            width, height = width or probed_w, height or probed_h
+            self._timeline.frame_s = 1.0 / fps if fps else 0.04
+        self._timeline.start_play()
+        argv = ffmpeg_argv(exe, url, self._kind, (width, height), hwaccel=cfg.hwaccel,
+                           codec=cfg.ffmpeg_codec,
+                           realtime=cfg.realtime, loop=cfg.loop)  # fmt: skip
+        return argv, width, height
+
+    def _probe(self, url: str) -> tuple[int, int, float | None]:
+        argv = [self._which("ffprobe", "ffmpeg"), "-v", "error"]
+        argv += ["-rtsp_transport", "tcp", *PROBE_1S] if self._kind == "rtsp" else []
+        argv += ["-select_streams", "v:0", "-show_entries",
+                 "stream=width,height,avg_frame_rate,r_frame_rate", "-of", "json", url]  # fmt: skip
+        try:
+            proc = subprocess.run(  # noqa: S603 - argv list, no shell
+                argv, capture_output=True, timeout=self._cfg.open_timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SourceError(f"{self._name}: ffprobe found no stream in "
+                              f"{self._cfg.open_timeout_s:g} s") from exc  # fmt: skip
+        except OSError as exc:
+            raise SourceError(f"{self._name}: cannot run ffprobe: {exc}") from exc
+        try:
+            return parse_probe(proc.stdout.decode("utf-8", "replace"))
+        except (ValueError, KeyError, TypeError) as exc:
+            err = redact(" ".join(proc.stderr.decode("utf-8", "replace").split())[-400:],
+                         self._secrets)  # fmt: skip
+            raise SourceError(f"{self._name}: cannot probe the stream: {err or exc}") from exc
+
+    def _stamp(self) -> float:
+        return self._clock.monotonic() if self.is_live else self._timeline.stamp(None)
+
+    def _failed(self, problem: str) -> NoReturn:
+        proc = self._proc
+        if not self.is_live and problem == ENDED and proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2.0)
+            if proc.returncode == 0 and self._timeline.play_frames > 0:
+                self.close()
+                raise SourceFinished(f"{self._name}: end of file")
+        super()._failed(problem)
 
 
 def read_exact(fd: int, buffer: memoryview, timeout_s: float) -> str | None:
@@ -472,7 +680,7 @@ def read_exact(fd: int, buffer: memoryview, timeout_s: float) -> str | None:
             return f"no frame for {timeout_s:g} s"
         n = os.readv(fd, [buffer[got:]])
         if n == 0:
-            return "pipeline ended" if got == 0 else "pipeline ended inside a frame"
+            return ENDED if got == 0 else f"{ENDED} inside a frame"
         got += n
     return None
 

@@ -2,7 +2,8 @@
 
 A plain MQTT subscriber (it is a consumer, not part of the agent's pipeline): events,
 heartbeats and status changes as one readable line each (or JSON lines), snapshots noted and
-optionally saved to a folder.
+optionally saved to a folder. It reaches a secured broker with the same TLS context as the
+agent (:mod:`agent.tls`), from the agent's config file or from command-line options.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import MqttConfig, read_secret
+from agent.tls import build_context, describe_ssl_text, describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +91,12 @@ def _json_line(topic: str, payload: bytes, retained: bool) -> str:
 
 
 class Tail:
-    """A subscriber thread that calls ``out`` with one line per message."""
+    """A subscriber thread that calls ``out`` with one line per message.
+
+    It connects (over ``tls`` when given, with ``username``/``password`` when given) and
+    reconnects with capped backoff on its own thread, logging each distinct reason it cannot
+    connect once (a TLS handshake failure by name, a refused CONNACK by reason code).
+    """
 
     def __init__(
         self,
@@ -96,18 +107,39 @@ class Tail:
         *,
         as_json: bool = False,
         snapshots: Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.topic, self.out, self.as_json, self.snapshots = topic, out, as_json, snapshots
         self.count = 0
         self.subscribed = threading.Event()
+        self.last_error: str | None = None
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self.subscribed.set()
         self._client.on_message = self._on_message
+        self._client.on_log = self._on_log
+        # only loop() writes (not connect()): a broker's TLS alert is then read, not lost
+        self._client.on_socket_register_write = lambda *_a: None
+        self._socket_error: str | None = None
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._host, self._port = host, port
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reported: set[str] = set()
 
-    def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
-        client.subscribe(self.topic, qos=1)
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            self._report(f"broker refused the connection: {reason} (reason code {reason.value})")
+        else:
+            self._reported.clear()
+            client.subscribe(self.topic, qos=1)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.count += 1
@@ -118,19 +150,77 @@ class Tail:
         line = (_json_line if self.as_json else format_message)(msg.topic, payload, msg.retain)
         self.out(line)
 
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and "on socket: " in buf:  # e.g. a TLS alert
+            self._socket_error = describe_ssl_text(buf.split("on socket: ", 1)[1])
+
+    def _report(self, why: str) -> None:
+        self.last_error = why
+        if why not in self._reported:
+            self._reported.add(why)
+            log.warning("tail: %s:%d: %s; retrying", self._host, self._port, why)
+
+    def _connect_once(self) -> None:
+        self._socket_error = None
+        try:
+            self._client.connect(self._host, self._port, keepalive=30)
+        except ssl.SSLError as exc:
+            self._report(f"TLS handshake failed: {describe_tls_error(exc)}")
+            return
+        except OSError as exc:
+            self._report(f"cannot connect: {exc}")
+            return
+        while not self._stop.is_set():
+            if self._client.loop(0.2) != mqtt.MQTT_ERR_SUCCESS:
+                what = "connection lost" if self.subscribed.is_set() else "connection closed"
+                self._report(f"{what}: {self._socket_error or 'no reason given'}")
+                return
+
+    def _run(self) -> None:
+        delay = 0.25
+        while not self._stop.is_set():
+            self._connect_once()
+            if self.subscribed.is_set():
+                delay = 0.25
+            self._stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+            self._client.loop(0.1)  # write the DISCONNECT (only loop() writes)
+
     def start(self) -> None:
-        self._client.connect_async(self._host, self._port, keepalive=30)
-        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="tail", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
 
 
-def tail(host: str, port: int, topic: str, *, as_json: bool, snapshots: Path | None) -> int:
-    """Run until interrupted."""
-    t = Tail(host, port, topic, lambda line: print(line, flush=True), as_json=as_json,
-             snapshots=snapshots)  # fmt: skip
+def tail(
+    mqtt_cfg: MqttConfig,
+    topic: str,
+    *,
+    as_json: bool,
+    snapshots: Path | None,
+    where: str = "mqtt",
+) -> int:
+    """Run until interrupted; ``mqtt_cfg`` gives the broker, TLS and credentials (the
+    agent's own ``mqtt`` section, or one made from the command line). ConfigError for bad
+    TLS material or an unreadable password file, its fields named under ``where``."""
+    tls = build_context(mqtt_cfg.tls, f"{where}.tls") if mqtt_cfg.tls.enabled else None
+    password = read_secret(mqtt_cfg.password, mqtt_cfg.password_file, f"{where}.password_file")
+    t = Tail(
+        mqtt_cfg.host,
+        mqtt_cfg.port,
+        topic,
+        lambda line: print(line, flush=True),
+        as_json=as_json,
+        snapshots=snapshots,
+        tls=tls,
+        username=mqtt_cfg.username,
+        password=password,
+    )
     t.start()
     try:
         threading.Event().wait()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the agent needs on a fresh Debian / Ubuntu / Raspberry Pi OS machine:
-# the apt packages (mosquitto; with --tests also a real RTSP server and GStreamer tools)
+# the apt packages (mosquitto; with --tests also a real RTSP server, GStreamer tools and
+# decoders, ffmpeg)
 # and a virtualenv in .venv with the agent installed editable. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ if [ "$with_tests" = 1 ]; then
     || pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
               gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
   command -v gst-launch-1.0 >/dev/null 2>&1 || pkgs+=(gstreamer1.0-tools)
+  command -v ffmpeg >/dev/null 2>&1 || pkgs+=(ffmpeg)  # decoder: ffmpeg
+  gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 || pkgs+=(gstreamer1.0-libav)  # software H.264
 fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   echo "setup: installing ${pkgs[*]}"

@@ -205,3 +205,27 @@ class FakeProbe:
             cpu_percent=12.5, mem_used_bytes=800 << 20, mem_total_bytes=4 << 30,
             agent_rss_bytes=150 << 20, disk_free_bytes=10 << 30, soc_temp_c=self.temp,
         )  # fmt: skip
+
+
+class FakeNotifier:
+    """The :class:`agent.systemd.Notifier` seam: records every message in order."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.messages: list[str] = []
+
+    def notify(self, message: str) -> bool:
+        if not self.enabled:
+            return False
+        self.messages.append(message)
+        return True
+
+    def assignments(self) -> list[str]:
+        """Every ``KEY=VALUE`` line sent so far, in order."""
+        return [line for message in self.messages for line in message.split("\n")]
+
+    def take(self) -> list[str]:
+        """The assignments sent since the last call."""
+        lines = self.assignments()
+        self.messages.clear()
+        return lines

@@ -11,6 +11,8 @@ tests/conftest.py; a module may also import it explicitly::
 from __future__ import annotations
 
 import signal
+import ssl
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,12 +29,34 @@ from paho.mqtt.properties import Properties
 from agent.localbroker import LocalBroker
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS on the broker's listener: its certificate, the CA it trusts for client
+    certificates, and whether a client must present one (whose CN then is its user name)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+
+    def lines(self) -> list[str]:
+        return [
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"require_certificate {str(self.require_certificate).lower()}",
+            f"use_identity_as_username {str(self.use_identity_as_username).lower()}",
+        ]
+
+
 class Mosquitto(LocalBroker):
     """The agent's :class:`LocalBroker` with the options tests need.
 
     ``persistent`` saves sessions and subscriptions after every change, so a subscriber's
     persistent session survives a restart (even a SIGKILL); ``acl`` is the text of an ACL file;
-    ``anonymous=False`` refuses every client (there are no users).
+    ``anonymous=False`` refuses every client (there are no users); ``tls`` puts the listener
+    behind TLS; ``users`` (name -> password) become a ``password_file``.
     """
 
     def __init__(
@@ -42,8 +66,10 @@ class Mosquitto(LocalBroker):
         persistent: bool = False,
         acl: str | None = None,
         anonymous: bool = True,
+        tls: BrokerTls | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
-        lines: list[str] = []
+        lines: list[str] = [] if tls is None else tls.lines()  # they belong to the listener
         if persistent:
             lines += [
                 "persistence true",
@@ -56,6 +82,14 @@ class Mosquitto(LocalBroker):
             (workdir / "acl").write_text(acl)
             (workdir / "acl").chmod(0o644)
             lines.append(f"acl_file {workdir / 'acl'}")
+        if users:
+            workdir.mkdir(parents=True, exist_ok=True)
+            passwd = workdir / "passwd"
+            for name, password in users.items():
+                create = [] if passwd.exists() else ["-c"]
+                subprocess.run(["mosquitto_passwd", "-b", *create, str(passwd), name, password],
+                               check=True, capture_output=True)  # fmt: skip
+            lines.append(f"password_file {passwd}")
         super().__init__(workdir, conf_lines=tuple(lines), anonymous=anonymous)
 
     def freeze(self) -> None:
@@ -85,13 +119,22 @@ class Received:
 
 
 class Subscriber:
-    """A real paho client recording what it receives on ``topic_filter`` (QoS 1).
+    """A real paho client recording what it receives on ``topic_filter`` (QoS 1), over
+    ``tls`` and with ``auth`` (user name, password) when given.
 
     ``persistent`` keeps a broker-side session (clean_start False, 1 h expiry), so messages
     published while it is away (broker restart) are delivered when it comes back.
     """
 
-    def __init__(self, port: int, topic_filter: str, *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic_filter: str,
+        *,
+        persistent: bool = False,
+        tls: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self._filter = topic_filter
         self._cond = threading.Condition()
         self._messages: list[Received] = []
@@ -105,6 +148,10 @@ class Subscriber:
         self._client.on_subscribe = lambda *_a: self._subscribed.set()
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(1, 1)
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        if auth is not None:
+            self._client.username_pw_set(*auth)
         props = None
         if persistent:
             props = Properties(PacketTypes.CONNECT)

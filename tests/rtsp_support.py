@@ -1,16 +1,19 @@
 """The ``make_server`` fixture: real RTSP servers (tests/rtsp_server.py) started on demand,
 each killed by pid afterwards; the test is skipped, with the reason, when the system Python
-cannot load GstRtspServer. Registered for every test module in tests/conftest.py."""
+cannot load GstRtspServer. ``captures``: capture threads stopped and joined after the test.
+Registered for every test module in tests/conftest.py."""
 
 from __future__ import annotations
 
 import functools
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from agent.capture import CaptureThread
 from tests.conftest import MEDIA
 from tests.rtsp_server import SYSTEM_PYTHON, RtspServer
 
@@ -46,3 +49,24 @@ def make_server() -> Iterator[Callable[..., RtspServer]]:
     yield make
     for server in servers:
         server.kill()  # SIGCONT then SIGKILL, by pid
+
+
+@pytest.fixture
+def captures() -> Iterator[list[CaptureThread]]:
+    """Capture threads the test appends here are stopped and joined afterwards."""
+    started: list[CaptureThread] = []
+    yield started
+    for cap in started:
+        cap.stop()
+    for cap in started:
+        assert cap.join(15), "capture thread did not stop"
+
+
+def wait_for(pred: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``pred`` held, None if it did not within ``timeout``."""
+    start = time.monotonic()
+    while not pred():
+        if time.monotonic() - start > timeout:
+            return None
+        time.sleep(0.02)
+    return time.monotonic() - start

@@ -19,7 +19,7 @@ import pytest
 
 from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
-from agent.errors import LinkError
+from agent.errors import ConfigError
 from agent.mqtt_link import MqttLink, backoff_delay
 from agent.outbox import Outbox, OutMessage
 from agent.publisher import Publisher
@@ -273,10 +273,11 @@ def test_refused_connection_is_logged_once_and_retried_with_backoff(
         b.stop()
 
 
-def test_bad_tls_material_is_a_link_error(tmp_path: Path) -> None:
+def test_bad_tls_material_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
     tls = TlsConfig(enabled=True, ca_file=tmp_path / "missing-ca.pem")
-    with pytest.raises(LinkError, match="TLS"):
+    with pytest.raises(ConfigError) as err:
         MqttLink(MqttConfig(tls=tls), BASE, "edge-x", OFFLINE, online)
+    assert err.value.problems[0][0] == "mqtt.tls.ca_file"
 
 
 def test_backoff_grows_jittered_and_capped() -> None:

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from agent.config import CameraConfig
+from agent.config import CameraConfig, known_secrets, load_settings
+from agent.logs import setup_logging
 from agent.redact import RedactingFilter, redact, redact_url, source_secrets
 from agent.sources import describe
 
@@ -161,3 +162,41 @@ def test_filter_masks_known_secrets_anywhere(caplog):
     assert "pa#ss" not in out
     assert "mqtt-pw" not in out
     assert out.count("***") >= 3
+
+
+@pytest.mark.parametrize("from_files", [True, False])
+def test_mqtt_and_tls_key_passwords_never_reach_the_logs(tmp_path, capsys, from_files):
+    """The MQTT password and the TLS key password, inline or from their files, are among the
+    secrets the agent's log filter masks, in messages and tracebacks alike."""
+    mqtt_pw, key_pw = "mq-Pa55word", "k3y-Pa55word"
+    (tmp_path / "mqtt.pw").write_text(f"{mqtt_pw}\n")
+    (tmp_path / "key.pw").write_text(f"{key_pw}\n")
+    tls: dict[str, object] = {"enabled": True, "cert_file": str(tmp_path / "node.crt")}
+    mqtt: dict[str, object] = {"username": "node", "tls": tls}
+    if from_files:
+        mqtt["password_file"] = str(tmp_path / "mqtt.pw")
+        tls["key_password_file"] = str(tmp_path / "key.pw")
+    else:
+        mqtt["password"] = mqtt_pw
+        tls["key_password"] = key_pw
+    settings = load_settings(None, node_id="n1", commune_id="c1", mqtt=mqtt,
+                             cameras=[{"id": "door", "source": "0"}])  # fmt: skip
+    assert {mqtt_pw, key_pw} <= set(known_secrets(settings))
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        setup_logging("INFO", secrets=known_secrets(settings))
+        log = logging.getLogger("agent.test")
+        log.warning("tls: cannot decrypt key with %s; mqtt said %s", key_pw, mqtt_pw)
+        try:
+            raise ValueError(f"bad password {mqtt_pw!r} / {key_pw!r}")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "cannot decrypt key with ***; mqtt said ***" in err
+    assert "ValueError: bad password '***' / '***'" in err
+    assert mqtt_pw not in err
+    assert key_pw not in err

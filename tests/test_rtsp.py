@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -16,32 +16,13 @@ from agent.capture import Backoff, CaptureThread
 from agent.config import CameraConfig
 from tests.conftest import MEDIA
 from tests.rtsp_server import RtspServer
+from tests.rtsp_support import wait_for
 
 pytestmark = pytest.mark.rtsp
 
 CLIP = MEDIA / "one-by-one-person-detection.mp4"
 BACKOFF = Backoff(initial_s=0.5, max_s=2.0, jitter_s=0.2, healthy_after_s=10.0)
 PASSWORD = "s3cr3t-Pw"
-
-
-def wait_for(pred: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until ``pred`` held, None if it did not within ``timeout``."""
-    start = time.monotonic()
-    while not pred():
-        if time.monotonic() - start > timeout:
-            return None
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
-@pytest.fixture
-def captures() -> Iterator[list[CaptureThread]]:
-    started: list[CaptureThread] = []
-    yield started
-    for cap in started:
-        cap.stop()
-    for cap in started:
-        assert cap.join(15), "capture thread did not stop"
 
 
 def capture(captures: list[CaptureThread], url: str, **cfg: float) -> CaptureThread:

@@ -25,6 +25,7 @@ from agent.detector.families import (
 from agent.detector.preprocess import boxes_to_original
 from agent.domain import COCO_LABELS, Detections
 from agent.errors import ConfigError, DetectorError, ModelError
+from agent.models import missing_model_hint
 
 DEFAULT_MAX_DET = 100
 
@@ -43,7 +44,7 @@ def session_options(threads: int, spin: bool) -> ort.SessionOptions:
 def open_session(path: Path, opts: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime CPU session, or :class:`ModelError` naming ``path`` and the reason."""
     if not path.exists():
-        raise ModelError(f"cannot load model {path}: file not found")
+        raise ModelError(f"cannot load model {path}: file not found; {missing_model_hint(path)}")
     if not path.is_file():
         raise ModelError(f"cannot load model {path}: not a regular file")
     try:
