@@ -67,6 +67,7 @@ def _add_scene_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     ev.add_argument("--config", type=Path, help="use this config's detector, events, camera")
     ev.add_argument("--camera", default="", help="with --config: the camera id (default first)")
     ev.add_argument("--json", action="store_true", help="one JSON object per detect fps")
+    ev.add_argument("--verbose", action="store_true", help="also list each visit's events")
     drw = sub.add_parser("draw", help="a camera's picture with its zones and masks drawn")
     drw.add_argument("--config", type=Path, required=True)
     drw.add_argument("--camera", required=True, help="camera id")

@@ -339,6 +339,15 @@ def run_clip(
     )
 
 
+def format_visits(s: Score) -> str:
+    """One line per labelled visit: its frames and the events matched to it."""
+    return "\n".join(
+        f"  {v.label:<8}{v.first:>6}-{v.last:<6}{'clear' if v.clear else 'marginal':<9}"
+        f"{len(ids)} event(s) {' '.join(i[:8] for i in ids):<27} {v.note}"
+        for v, ids in s.per_visit
+    )
+
+
 def format_score(s: Score) -> str:
     """A plain table, one row per label."""
     head = (
@@ -384,6 +393,8 @@ def run_all(args: argparse.Namespace) -> int:
                 print(json.dumps(doc), flush=True)
             else:
                 print(format_score(result), flush=True)
+                if args.verbose:
+                    print(format_visits(result), flush=True)
     finally:
         detector.close()
     return 0 if ok else 1

@@ -117,3 +117,14 @@ def test_evaluate_cli_scores_the_one_by_one_clip(capsys):
     out = capsys.readouterr().out
     assert '"visits_clear": 6' in out
     assert rc == 0
+
+
+def test_verbose_lists_each_visit_with_its_events():
+    from agent.evaluate import format_visits
+
+    s = score("clip", [v(0, 100, note="stationary: by the door"), v(200, 300)],
+              [e(0, 40, eid="aaaaaaaa1"), e(50, 100, eid="bbbbbbbb2")], detect_fps=5)  # fmt: skip
+    lines = format_visits(s).splitlines()
+    assert "2 event(s) aaaaaaaa bbbbbbbb" in lines[0]
+    assert "stationary: by the door" in lines[0]
+    assert "0 event(s)" in lines[1]
