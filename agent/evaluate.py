@@ -216,7 +216,8 @@ def score(
         es = [e for e in events if group(e.label) == name]
         per_visit, merged, no_visit = match(vs, es)
         for vi, v in enumerate(vs):
-            per_visit_out.append((v, tuple(es[ei].event_id for ei in per_visit[vi])))
+            ordered = sorted(per_visit[vi], key=lambda ei: es[ei].first)
+            per_visit_out.append((v, tuple(es[ei].event_id for ei in ordered)))
         empty = [vi for vi, evs in per_visit.items() if not evs and vi not in merged]
         splits = [vi for vi, evs in per_visit.items() if len(evs) > 1]
         out.append(

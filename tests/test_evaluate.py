@@ -8,7 +8,7 @@ import pytest
 
 from agent.cli import main
 from agent.errors import ConfigError
-from agent.evaluate import EventSpan, Visit, read_labels, score
+from agent.evaluate import EventSpan, Visit, format_visits, read_labels, score
 from tests.conftest import MEDIA, MODELS
 
 LABELS = Path(__file__).parent / "data" / "labels"
@@ -120,8 +120,6 @@ def test_evaluate_cli_scores_the_one_by_one_clip(capsys):
 
 
 def test_verbose_lists_each_visit_with_its_events():
-    from agent.evaluate import format_visits
-
     s = score("clip", [v(0, 100, note="stationary: by the door"), v(200, 300)],
               [e(0, 40, eid="aaaaaaaa1"), e(50, 100, eid="bbbbbbbb2")], detect_fps=5)  # fmt: skip
     lines = format_visits(s).splitlines()
