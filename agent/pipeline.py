@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.detector import Detector
-from agent.domain import Detections, EndReason, EventType, Frame
+from agent.domain import Detections, EndReason, EventType, Frame, Track
 from agent.errors import DetectorError, OutboxError, SourceFinished
 from agent.events import Emission, EventBuilder
 from agent.liveness import NULL_BEAT, Beat
 from agent.metrics import PipelineCounters
+from agent.scene import CameraScene
 from agent.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,10 @@ class CameraPipeline:
         *,
         detect_fps: float,
         clock: Callable[[], float] = time.monotonic,
+        scene: CameraScene | None = None,
     ) -> None:
         self.detector = detector
+        self.scene = scene
         self.tracker = tracker
         self.builder = builder
         self.sink = sink
@@ -82,6 +85,8 @@ class CameraPipeline:
         if not self.due(frame.ts):
             self.counters.skipped()
             return []
+        if self.scene is not None:  # privacy masks: before detection, snapshots, anything
+            frame = self.scene.prepare(frame)
         started = time.perf_counter()
         try:
             dets = self.detector.detect(frame.image)
@@ -91,16 +96,24 @@ class CameraPipeline:
             return []
         self.counters.detected(self._clock(), (time.perf_counter() - started) * 1000)
         self._last = frame
-        return self._emit(self.builder.update(self.tracker.update(dets, frame.ts), frame))
+        return self._emit(self.builder.update(self._track(dets, frame), frame))
 
     def idle(self, ts: float, wall_ts: float) -> list[Emission]:
         """Advance time without a frame (live camera down): lets open events end on time."""
         if self._last is None or ts <= self._last.ts:
             return []
         frame = dataclasses.replace(self._last, ts=ts, wall_ts=wall_ts)
-        tracks = self.tracker.update(Detections.empty(), ts)
+        tracks = self._track(Detections.empty(), frame)
         self._last = frame
         return self._emit(self.builder.update(tracks, frame))
+
+    def _track(self, dets: Detections, frame: Frame) -> list[Track]:
+        """Object filters, tracker, zones (the scene's hooks around the tracker)."""
+        if self.scene is None:
+            return self.tracker.update(dets, frame.ts)
+        dets = self.scene.filter(dets, frame.width, frame.height)
+        tracks = self.tracker.update(dets, frame.ts)
+        return self.scene.annotate(tracks, frame.ts, frame.width, frame.height)
 
     def finish(self, reason: EndReason = EndReason.SHUTDOWN) -> list[Emission]:
         """End every open event: the source finished or the agent is stopping.
