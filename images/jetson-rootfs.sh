@@ -7,7 +7,7 @@
 #   Linux_for_Tegra  the unpacked L4T release, with the sample root filesystem in rootfs/ and
 #                    `sudo ./apply_binaries.sh` already run
 #   WHEELHOUSE       the agent's wheel and its dependencies for the Jetson (arm64; JetPack 6:
-#                    Python 3.10): scripts/build-wheelhouse.sh on the Jetson or an arm64 machine
+#                    Python 3.10): scripts/build-wheelhouse.sh --target aarch64 3.10 OUT
 #
 # Runs ansible/playbooks/site.yml against rootfs/ as a host of group jetson through the chroot
 # connection (qemu-user-static on an x86 machine), then flash as usual, e.g.

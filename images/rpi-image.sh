@@ -6,7 +6,7 @@
 #
 #   INVENTORY   the commune's hosts.yml (its group_vars: broker, CA, time server)
 #   WHEELHOUSE  the agent's wheel and its dependencies for the Pi (arm64, Python 3.11):
-#               scripts/build-wheelhouse.sh on an arm64 machine
+#               scripts/build-wheelhouse.sh --target aarch64 3.11 OUT
 #   MODELS      folder with the model files (default ../shared/models)
 #   GROW        space added to the root partition (default 1G; the venv needs about 400 MB)
 #
