@@ -48,6 +48,9 @@ from tests.conftest import MEDIA, MODELS
 
 pytestmark = [
     pytest.mark.slow,
+    # the first test of each group also builds its fixture (an image, a broker): up to a few
+    # minutes on a loaded machine, more than the suite's default of 300 s per test
+    pytest.mark.timeout(1200),
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot and debootstrap need root"),
 ]
 
