@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SRC := agent tests bench
 
-.PHONY: setup setup-tests run test check bench clean
+.PHONY: setup setup-tests run test check bench bench-link clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,10 @@ test: setup-tests
 bench: setup
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.light
+
+# only the link-fault and wear part (about a minute): bench-results/link.json
+bench-link: setup
+	$(BIN)/python -m bench.link
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-results

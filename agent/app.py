@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from agent import __version__
+from agent.assembly import detector_config, make_pipeline
 from agent.capture import CaptureThread
 from agent.clock import ClockSync, SystemClockSync
 from agent.codec import Topics, encode_status
@@ -29,8 +30,7 @@ from agent.config import CameraConfig, Settings
 from agent.detector import Detector, load_detector
 from agent.detector_service import CameraClient, DetectorService
 from agent.errors import OutboxError
-from agent.events import EventBuilder, restart_end
-from agent.gate import MotionGate
+from agent.events import restart_end
 from agent.heartbeat import (
     CameraHeartbeat,
     Heartbeat,
@@ -42,12 +42,11 @@ from agent.heartbeat import (
 from agent.metrics import PipelineCounters
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox, OutboxStats
-from agent.pipeline import CameraPipeline, CameraWorker
+from agent.pipeline import CameraWorker
 from agent.publisher import Publisher
 from agent.service import Supervisor, status_line
 from agent.sink import OutboxSink
 from agent.sources import is_lossless, source_kind
-from agent.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ class App:
         self.clock: ClockSync = SystemClockSync()
         self.outbox = Outbox.open(settings.outbox)
         try:
-            self.detector: Detector = load_detector(settings.detector)
+            self.detector: Detector = load_detector(detector_config(settings))
         except Exception:
             self.outbox.close()
             raise
@@ -164,21 +163,9 @@ class App:
         return status_line(cams, self.outbox.stats().depth, self.link.connected)
 
     def _camera(self, cfg: CameraConfig, sink: OutboxSink) -> Camera:
-        ev = self.settings.events
-        tracker = Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s)
-        builder = EventBuilder(
-            cfg.id, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
-            snapshot_gain=ev.snapshot_gain, snapshots=self.settings.snapshots.enabled,
-            view_width=self.settings.snapshots.max_width,
-        )  # fmt: skip
         counters = PipelineCounters()
         client = self.detector_service.client(cfg.id, cfg.detect_fps)
-        side = min(self.detector.input_size)
-        gate = MotionGate.from_config(cfg.motion, side) if cfg.motion.enabled else None
-        pipeline = CameraPipeline(
-            client, tracker, builder, sink, counters, detect_fps=cfg.detect_fps,
-            gate=gate, wait=is_lossless(cfg),
-        )  # fmt: skip
+        pipeline = make_pipeline(self.settings, cfg, client, sink, counters, wait=is_lossless(cfg))
         capture = CaptureThread.for_camera(cfg)
         live = source_kind(cfg.source) != "file"
         worker = CameraWorker(cfg.id, capture.slot, pipeline, live=live)

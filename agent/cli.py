@@ -42,14 +42,8 @@ TAIL_TLS_OPTIONS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the agent")
-    run.add_argument("--config", type=Path, required=True, help="YAML config file")
-    chk = sub.add_parser("check-config", help="validate a config file (exit 0 or 2)")
-    chk.add_argument("file", type=Path)
+def _add_detect_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``detect``: one JSON line per detection in an image or clip."""
     det = sub.add_parser("detect", help="print one JSON line per detection in an image or clip")
     det.add_argument("path", type=Path)
     det.add_argument(
@@ -61,6 +55,36 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument("--threads", type=int, default=2)
     det.add_argument("--every", type=int, default=1, help="clips: detect on every Nth frame")
     det.add_argument("--annotate", type=Path, help="write the picture (last frame) with boxes")
+
+
+def _add_scene_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``evaluate`` (counting quality) and ``draw`` (zones and masks on a picture)."""
+    ev = sub.add_parser("evaluate", help="score the events of a labelled clip (counting quality)")
+    ev.add_argument("clip", type=Path)
+    ev.add_argument("labels", type=Path, help="CSV: label,first,last,visibility[,note]")
+    ev.add_argument("--detect-fps", type=float, nargs="+", default=[5.0])
+    ev.add_argument("--model", type=Path, default=DetectorConfig().model)
+    ev.add_argument("--config", type=Path, help="use this config's detector, events, camera")
+    ev.add_argument("--camera", default="", help="with --config: the camera id (default first)")
+    ev.add_argument("--json", action="store_true", help="one JSON object per detect fps")
+    ev.add_argument("--verbose", action="store_true", help="also list each visit's events")
+    drw = sub.add_parser("draw", help="a camera's picture with its zones and masks drawn")
+    drw.add_argument("--config", type=Path, required=True)
+    drw.add_argument("--camera", required=True, help="camera id")
+    drw.add_argument("--image", type=Path, help="draw on this picture, not the current frame")
+    drw.add_argument("--out", type=Path, required=True, help="PNG to write")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", type=Path, required=True, help="YAML config file")
+    chk = sub.add_parser("check-config", help="validate a config file (exit 0 or 2)")
+    chk.add_argument("file", type=Path)
+    _add_detect_command(sub)
+    _add_scene_commands(sub)
     mod = sub.add_parser("models", help="list, fetch or verify the models on this box")
     mod.add_argument("action", choices=["list", "fetch", "verify"])
     mod.add_argument("names", nargs="*", help="models of the manifest (default: all)")
@@ -170,6 +194,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from agent.evaluate import run_all
+
+    return run_all(args)
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    from agent.draw import draw
+
+    settings = load_settings(args.config)
+    print(draw(settings, args.camera, args.out, args.image))
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from agent.models_cmd import run_models
 
@@ -268,6 +306,8 @@ COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "detect": cmd_detect,
+    "evaluate": cmd_evaluate,
+    "draw": cmd_draw,
     "models": cmd_models,
     "outbox": cmd_outbox,
     "tail": cmd_tail,

@@ -86,6 +86,9 @@ def encode_event(
             "ts": _r(event.ts),
             "has_snapshot": event.has_snapshot,
             "snapshot_topic": topics.snapshot(event.event_id) if event.has_snapshot else None,
+            "zones": list(event.zones),
+            "entered_zones": list(event.entered_zones),
+            "loitering": list(event.loitering),
             "end_reason": None if event.end_reason is None else event.end_reason.value,
             "clock_synced": clock_synced,
         }

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,13 +32,13 @@ from pydantic_settings import (
 
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
+from agent.geometry import polygon_problem
 from agent.models import (
     DEFAULT_MODEL_DIR,
     DEFAULT_MODEL_FILE,
     default_model_dir,
     missing_model_hint,
 )
-from agent.motion import polygon_problem
 from agent.redact import source_secrets
 from agent.tls import build_context
 
@@ -127,7 +128,7 @@ class MqttConfig(Section):
     reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect delay (jittered).")
     max_inflight: int = Field(16, ge=1, le=1000, description="Unacknowledged messages at once.")
     max_inflight_snapshots: int = Field(
-        2,
+        1,
         ge=1,
         le=1000,
         description="Of those, at most this many snapshots: an event waits behind at most "
@@ -153,6 +154,72 @@ class MqttConfig(Section):
         return self
 
 
+def _check_polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    problem = polygon_problem(points)
+    if problem:
+        raise ValueError(problem)
+    return points
+
+
+PolygonField = Annotated[
+    list[tuple[float, float]],
+    AfterValidator(_check_polygon),
+    Field(description="[[x, y], ...] in 0..1 of the frame width/height, at least 3 points."),
+]
+
+
+class ZoneConfig(Section):
+    """A named area of the picture; an object is in it when its bottom centre is."""
+
+    name: str = Field(pattern=_ID, description="Zone name, as events report it: [a-z0-9-].")
+    polygon: PolygonField
+    labels: list[str] = Field(
+        default_factory=list, description="Labels this zone reports (empty: every label)."
+    )
+    inertia_s: float = Field(
+        0.0, ge=0, description="Time an object must be inside before it counts as in the zone."
+    )
+    loitering_s: float | None = Field(
+        None,
+        gt=0,
+        description="Present longer than this: the event gets an update naming the "
+        "zone in 'loitering'.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _coco(cls, labels: list[str]) -> list[str]:
+        unknown = [lab for lab in labels if lab not in COCO_LABELS]
+        if unknown:
+            raise ValueError(f"labels not known to COCO models: {unknown}")
+        return labels
+
+
+class ObjectFilterConfig(Section):
+    """Per-label detection filters (areas are fractions of the frame area, ratio is w/h)."""
+
+    min_area: float = Field(0.0, ge=0, le=1, description="Smallest box area (frame fraction).")
+    max_area: float = Field(1.0, gt=0, le=1, description="Largest box area (frame fraction).")
+    min_ratio: float = Field(0.0, ge=0, description="Smallest width/height.")
+    max_ratio: float = Field(1000.0, gt=0, description="Largest width/height.")
+    min_median_score: float = Field(
+        0.0, ge=0, le=1, description="Median detection score over the track before 'new'."
+    )
+    masks: list[PolygonField] = Field(
+        default_factory=list,
+        description="Objects whose bottom centre is inside one of these polygons are ignored "
+        "(a poster, a mannequin, a parked scooter).",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ObjectFilterConfig:
+        if self.max_area < self.min_area:
+            raise ValueError("max_area must be >= min_area")
+        if self.max_ratio < self.min_ratio:
+            raise ValueError("max_ratio must be >= min_ratio")
+        return self
+
+
 class MotionConfig(Section):
     """The motion gate: the detector runs only where and when something moved."""
 
@@ -173,7 +240,7 @@ class MotionConfig(Section):
         "relearn the background and report no motion for recalibrate_s.",
     )  # fmt: skip
     recalibrate_s: float = Field(1.0, ge=0, description="Blind time after a global light change.")
-    masks: list[list[list[float]]] = Field(
+    masks: list[PolygonField] = Field(
         default_factory=list,
         description="Areas whose motion is ignored (a tree, a TV, a flickering sign): polygons "
         "of normalised [x, y] points, e.g. [[[0, 0], [0.3, 0], [0.3, 0.2]]].",
@@ -192,15 +259,6 @@ class MotionConfig(Section):
     region_max_area: float = Field(
         0.4, gt=0, le=1, description="Crops larger than this fraction of the frame: whole frame."
     )
-
-    @field_validator("masks")
-    @classmethod
-    def _polygons(cls, masks: list[list[list[float]]]) -> list[list[list[float]]]:
-        for i, poly in enumerate(masks):
-            problem = polygon_problem(poly)
-            if problem:
-                raise ValueError(f"masks[{i}]: {problem}")
-        return masks
 
 
 class CameraConfig(Section):
@@ -253,6 +311,25 @@ class CameraConfig(Section):
         description="decoder gstreamer with an rtsp:// source: the H.264 decoding element(s), "
         "e.g. v4l2h264dec (Pi), 'nvv4l2decoder ! nvvidconv' (Jetson), avdec_h264 (software).",
     )
+    privacy_masks: list[PolygonField] = Field(
+        default_factory=list,
+        description="Polygons blacked out on every frame before anything sees it (detection, "
+        "snapshots, anything that leaves the box).",
+    )
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Named zones.")
+    tiles: tuple[int, int] | None = Field(
+        None,
+        description="[cols, rows]: also detect on a grid of tiles at full resolution (small, "
+        "distant objects, crowds); each tile costs one more inference per detection.",
+    )
+    tile_overlap: float = Field(0.2, ge=0, lt=0.9, description="Tile overlap (tile fraction).")
+    required_zones: list[str] = Field(
+        default_factory=list,
+        description="Report only objects that entered one of these zones (a gate, a lane).",
+    )
+    filters: dict[str, ObjectFilterConfig] = Field(
+        default_factory=dict, description="Per-label object filters."
+    )
 
     @model_validator(mode="after")
     def _gstreamer_decoder_needs(self) -> CameraConfig:
@@ -262,6 +339,27 @@ class CameraConfig(Section):
             raise ValueError("decoder gstreamer needs an rtsp:// source (or write a pipeline)")
         if self.width is None or self.height is None:
             raise ValueError("decoder gstreamer needs width and height")
+        return self
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles(cls, tiles: tuple[int, int] | None) -> tuple[int, int] | None:
+        if tiles is not None and not (1 <= tiles[0] <= 8 and 1 <= tiles[1] <= 8):
+            raise ValueError("tiles must be [cols, rows], each 1..8")
+        return tiles
+
+    @model_validator(mode="after")
+    def _zone_names(self) -> CameraConfig:
+        names = [z.name for z in self.zones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"zone names must be unique, repeated: {dupes}")
+        unknown = sorted(set(self.required_zones) - set(names))
+        if unknown:
+            raise ValueError(f"required_zones names zones not defined in zones: {unknown}")
+        not_coco = sorted(set(self.filters) - set(COCO_LABELS))
+        if not_coco:
+            raise ValueError(f"filters names labels not known to COCO models: {not_coco}")
         return self
 
     @model_validator(mode="after")
@@ -339,6 +437,9 @@ class DetectorConfig(Section):
 
 class EventsConfig(Section):
     min_hits: int = Field(3, ge=1, description="Detections a track needs before it is an event.")
+    min_confirm_s: float = Field(
+        0.8, ge=0, description="... and the time they must span (the same at any detect_fps)."
+    )
     iou_match: float = Field(0.2, gt=0, le=1, description="IoU to match a detection to a track.")
     end_timeout_s: float = Field(
         4.0, gt=0, description="An object unseen this long has left: its event ends."
@@ -351,6 +452,14 @@ class EventsConfig(Section):
     )
     snapshot_gain: float = Field(
         0.1, ge=0, description="A snapshot this much better (score x area) is a change."
+    )
+    track_low_score: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="The detector also returns detections down to this score; below "
+        "detector.min_score they only keep existing tracks alive (a person half hidden in a "
+        "crowd), they never start one.",
     )
 
 

@@ -110,6 +110,9 @@ class Track:
     hits: int
     confirmed: bool
     seen_now: bool
+    zones: tuple[str, ...] = ()
+    entered_zones: tuple[str, ...] = ()
+    loitering: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         x1, y1, x2, y2 = self.box
@@ -141,7 +144,9 @@ class Event:
     ``event_id`` names the visit (shared by its new/update/end messages and its snapshots);
     ``id`` names this message, unique and stable across re-sends. Timestamps are epoch seconds.
     ``box`` is normalised ``(x1, y1, x2, y2)`` in 0..1. The per-node ``seq`` is assigned by
-    the outbox when the event is committed.
+    the outbox when the event is committed. ``zones`` are the zones the object is in now,
+    ``entered_zones`` every zone it has been in during the visit, ``loitering`` the zones it
+    has stayed in longer than their ``loitering_s``.
     """
 
     id: str
@@ -157,6 +162,9 @@ class Event:
     has_snapshot: bool
     rev: int
     end_reason: EndReason | None = None
+    zones: tuple[str, ...] = ()
+    entered_zones: tuple[str, ...] = ()
+    loitering: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.type is EventType.END) != (self.end_reason is not None):

@@ -4,7 +4,8 @@ Rules (every threshold an argument):
 - ``new`` once a track is confirmed, with the best snapshot seen so far (tentative frames too);
 - ``update`` at most once per ``update_interval_s`` and only when the object changed
   meaningfully: it moved more than ``min_move`` of the frame diagonal since the last message,
-  its label changed, or a snapshot better by ``snapshot_gain`` exists;
+  its label changed, or a snapshot better by ``snapshot_gain`` exists; and at once when its
+  zones changed (entered, left, started loitering);
 - ``end`` when the tracker has dropped the track (unseen for the end timeout), with the best
   snapshot if it is better than the last one sent.
 A person standing still for minutes is one event: nothing changes, so nothing is sent.
@@ -62,6 +63,14 @@ def moved(a: BoxPx, b: BoxPx) -> float:
     return math.hypot(ca[0] - cb[0], ca[1] - cb[1]) / math.sqrt(2)
 
 
+ZoneState = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+"""A track's zones now, the zones it entered, the zones it loiters in."""
+
+
+def _zones(track: Track) -> ZoneState:
+    return (track.zones, track.entered_zones, track.loitering)
+
+
 @dataclass(frozen=True, slots=True)
 class Emission:
     """An event message, the snapshot to render for it, and the visit state it commits.
@@ -98,6 +107,7 @@ class _Open:
     sent_quality: float
     best_score: float
     last_wall: float
+    zones: ZoneState = ((), (), ())
 
 
 class EventBuilder:
@@ -203,22 +213,25 @@ class EventBuilder:
         start = min(self._wall(frame, track.first_ts), frame.wall_ts)
         op = _Open(
             self._new_id(), track.label, start, 0, normalise(track.box, *self._size), frame.ts,
-            0.0, max(track.score, best.score if best else 0.0), frame.wall_ts,
+            0.0, max(track.score, best.score if best else 0.0), frame.wall_ts, _zones(track),
         )  # fmt: skip
         return self._emit(op, EventType.NEW, track.track_id, frame.wall_ts, best)
 
     def _maybe_update(self, track: Track, frame: Frame) -> list[Emission]:
         op = self._open[track.track_id]
-        if frame.ts - op.last_emit_t < self.update_interval_s:
+        zoned = _zones(track) != op.zones  # entering, leaving or loitering: sent at once
+        if frame.ts - op.last_emit_t < self.update_interval_s and not zoned:
             return []
         box = normalise(track.box, *self._size)
         best = self._best.get(track.track_id)
         better = best is not None and best.quality > op.sent_quality * (1 + self.snapshot_gain)
-        if not (moved(box, op.last_box) >= self.min_move or track.label != op.label or better):
+        changed = moved(box, op.last_box) >= self.min_move or track.label != op.label or better
+        if not (changed or zoned):
             return []
         op = dataclasses.replace(
-            op, rev=op.rev + 1, last_box=box, last_emit_t=frame.ts, label=track.label
-        )
+            op, rev=op.rev + 1, last_box=box, last_emit_t=frame.ts, label=track.label,
+            zones=_zones(track),
+        )  # fmt: skip
         snap = best if better else None
         return [self._emit(op, EventType.UPDATE, track.track_id, frame.wall_ts, snap)]
 
@@ -232,6 +245,7 @@ class EventBuilder:
             camera=self.camera, label=op.label, score=round(op.best_score, 4), box=op.last_box,
             start_ts=op.start_ts, end_ts=end_ts, ts=end_ts,
             has_snapshot=bool(self.snapshots and better), rev=op.rev + 1, end_reason=reason,
+            zones=op.zones[0], entered_zones=op.zones[1], loitering=op.zones[2],
         )  # fmt: skip
         snap = self._request(op, best) if event.has_snapshot and best else None
         self._pending[event.id] = (track_id, None)
@@ -257,6 +271,7 @@ class EventBuilder:
             id=f"{op.event_id}-{op.rev}", event_id=op.event_id, type=kind, camera=self.camera,
             label=op.label, score=round(op.best_score, 4), box=op.last_box,
             start_ts=op.start_ts, end_ts=None, ts=now, has_snapshot=has_snap, rev=op.rev,
+            zones=op.zones[0], entered_zones=op.zones[1], loitering=op.zones[2],
         )  # fmt: skip
         visit = OpenVisit(
             op.event_id, self.camera, op.label, op.start_ts, max(now, op.start_ts), op.last_box,

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.domain import BoxPx
+from agent.geometry import polygon_problem
 
 Image = npt.NDArray[np.uint8]
 Polygon = tuple[tuple[float, float], ...]
@@ -71,22 +72,6 @@ class MotionParams:
             problem = polygon_problem(poly)
             if problem:
                 raise ValueError(f"masks[{i}]: {problem}")
-
-
-def polygon_problem(points: Sequence[Sequence[float]]) -> str | None:
-    """Why ``points`` is not a usable normalised polygon, or None if it is."""
-    if len(points) < 3:
-        return f"a polygon needs at least 3 points, got {len(points)}"
-    for j, p in enumerate(points):
-        if len(p) != 2:
-            return f"point {j} must be [x, y], got {list(p)}"
-        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in p):
-            return f"point {j} must be normalised to 0..1, got {list(p)}"
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    area2 = sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(points)))
-    if abs(area2) < 1e-9:
-        return "the polygon has no area (its points are on one line)"
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from agent.gate import MotionGate, Reason
 from agent.liveness import NULL_BEAT, Beat
 from agent.metrics import PipelineCounters
 from agent.regions import Region
+from agent.scene import CameraScene
 from agent.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,10 @@ class CameraPipeline:
         clock: Callable[[], float] = time.monotonic,
         gate: MotionGate | None = None,
         wait: bool = True,
+        scene: CameraScene | None = None,
     ) -> None:
         self.detector = detector
+        self.scene = scene
         self.gate = gate
         self.wait = wait or not isinstance(detector, SharedDetector)
         self._tracks: list[Track] = []
@@ -137,6 +140,8 @@ class CameraPipeline:
         if not self.due(frame.ts):
             self.counters.skipped()
             return out
+        if self.scene is not None:  # privacy masks: before detection, snapshots, anything
+            frame = self.scene.prepare(frame)
         region: Region | None = None
         motion = True
         if self.gate is not None:
@@ -188,7 +193,7 @@ class CameraPipeline:
     def _apply(self, frame: Frame, dets: Detections, inference_ms: float) -> list[Emission]:
         self.counters.detected(self._clock(), inference_ms)
         self._last = frame
-        self._tracks = self.tracker.update(dets, frame.ts)
+        self._tracks = self._track(dets, frame)
         return self._emit(self.builder.update(self._tracks, frame))
 
     def idle(self, ts: float, wall_ts: float) -> list[Emission]:
@@ -197,9 +202,17 @@ class CameraPipeline:
         if self._last is None or ts <= self._last.ts:
             return out
         frame = dataclasses.replace(self._last, ts=ts, wall_ts=wall_ts)
-        self._tracks = self.tracker.update(Detections.empty(), ts)
+        self._tracks = self._track(Detections.empty(), frame)
         self._last = frame
         return out + self._emit(self.builder.update(self._tracks, frame))
+
+    def _track(self, dets: Detections, frame: Frame) -> list[Track]:
+        """Object filters, tracker, zones (the scene's hooks around the tracker)."""
+        if self.scene is None:
+            return self.tracker.update(dets, frame.ts)
+        dets = self.scene.filter(dets, frame.width, frame.height)
+        tracks = self.tracker.update(dets, frame.ts)
+        return self.scene.annotate(tracks, frame.ts, frame.width, frame.height)
 
     def finish(self, reason: EndReason = EndReason.SHUTDOWN) -> list[Emission]:
         """End every open event: the source finished or the agent is stopping.

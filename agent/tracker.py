@@ -1,15 +1,36 @@
-"""A small IoU tracker advanced by frame timestamps (no wall clock, no threads).
+"""A small multi-object tracker advanced by frame timestamps (no wall clock, no threads).
 
-Like norfair or SORT without a Kalman filter: greedy association on IoU, with a centre-distance
-fallback for objects that moved far between two detections at a low ``detect_fps``. Tracks are
-tentative until they have ``min_hits`` detections; a tentative track that misses for
-``tentative_lost_s`` is dropped (a flicker never becomes an object), a confirmed one survives
-``max_lost_s`` unseen (a missed detection or two never splits a visit).
+ByteTrack's idea on top of a constant-velocity motion model:
+
+- every track predicts where its box is now (centre and size moving at the velocity it was
+  last seen at, smoothed by ``velocity_gain``, for at most ``max_predict_s``; a stopped object
+  has no velocity, so a car waiting at a junction stays where it stopped);
+- pass 1: *high-score* detections (score >= the label's ``high_score``) are matched to the
+  predicted boxes by IoU >= ``iou_match`` (``still_iou`` for a track that has stopped, slower
+  than ``still_speed`` box diagonals per second: a car driving past a parked one, hiding it,
+  does not take over its track), then what is left by nearest centre within
+  ``max_centre_jump`` box diagonals (objects that moved far between two detections at a low
+  ``detect_fps``);
+- pass 2: *low-score* detections (below ``high_score``, as low as the detector returns them)
+  keep the tracks still unmatched alive when they overlap them by IoU >= ``low_iou_match``:
+  a person half hidden in a crowd, a car behind a pole. They never start a track;
+- before both passes, a detection overlapping a better one of its group by IoU above
+  ``duplicate_iou`` is dropped (one car scored as car and truck is one object);
+- new tracks start only from unmatched high-score detections, and not from one lying mostly
+  (``max_contained``) inside a tracked box of its group: detectors split big close objects
+  (a pickup's cab and bed) into parts.
+
+Tracks are tentative until they have ``min_hits`` high-score detections spanning at least
+``min_confirm_s`` (the same time at any ``detect_fps``: parts of a big close object flicker for
+a few frames at 10 fps, never for a second); a tentative track that
+misses for ``tentative_lost_s`` is dropped (a flicker never becomes an object), a confirmed one
+survives ``max_lost_s`` unseen (a missed detection or two never splits a visit).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +54,19 @@ def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def containment(a: FloatArray, b: FloatArray) -> FloatArray:
+    """The fraction of each box in ``a`` [N,4] that lies inside each box in ``b`` [M,4]."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    return np.asarray(inter / np.maximum(area_a[:, None], 1e-9))
 
 
 def centre_distance(a: FloatArray, b: FloatArray) -> FloatArray:
@@ -66,6 +100,17 @@ def greedy_match(
     return pairs, rows, cols
 
 
+def to_cxcywh(box: FloatArray) -> FloatArray:
+    x1, y1, x2, y2 = box
+    return np.array([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+
+
+def to_xyxy(state: FloatArray) -> FloatArray:
+    cx, cy, w, h = state
+    w, h = max(w, 1.0), max(h, 1.0)
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
 @dataclass
 class _State:
     track_id: int
@@ -75,10 +120,17 @@ class _State:
     last_ts: float
     hits: int = 1
     votes: Counter[str] = field(default_factory=Counter)
+    velocity: FloatArray = field(default_factory=lambda: np.zeros(4))
+    confirmed: bool = False
 
     @property
     def label(self) -> str:
         return self.votes.most_common(1)[0][0]
+
+    def predict(self, t: float, max_predict_s: float) -> FloatArray:
+        """The box expected at ``t`` (constant velocity for at most ``max_predict_s``)."""
+        dt = min(max(t - self.last_ts, 0.0), max_predict_s)
+        return to_xyxy(to_cxcywh(self.box) + self.velocity * dt)
 
     def snapshot(self, confirmed: bool, seen_now: bool) -> Track:
         x1, y1, x2, y2 = (float(v) for v in self.box)
@@ -94,6 +146,8 @@ class Tracker:
 
     ``groups`` maps a label to the group it may be matched within (default: car, bus and truck
     share one, since detectors swap them between frames); a track's label is the most voted.
+    ``high_score`` is the score from which a detection may start a track (``label_high_score``
+    overrides it per label); detections below it only keep tracks alive.
     """
 
     def __init__(
@@ -104,16 +158,34 @@ class Tracker:
         max_lost_s: float,
         tentative_lost_s: float = 1.0,
         max_centre_jump: float = 0.6,
-        centre_gap_s: float = 2.0,
         groups: dict[str, str] | None = None,
+        high_score: float = 0.0,
+        label_high_score: Mapping[str, float] | None = None,
+        low_iou_match: float = 0.3,
+        velocity_gain: float = 0.5,
+        max_predict_s: float = 1.0,
+        max_contained: float = 0.8,
+        min_confirm_s: float = 0.0,
+        still_speed: float = 0.15,
+        still_iou: float = 0.5,
+        duplicate_iou: float = 0.7,
     ) -> None:
         self.iou_match = iou_match
         self.min_hits = min_hits
         self.max_lost_s = max_lost_s
         self.tentative_lost_s = min(tentative_lost_s, max_lost_s)
         self.max_centre_jump = max_centre_jump
-        self.centre_gap_s = centre_gap_s
         self.groups = groups if groups is not None else {"bus": "car", "truck": "car"}
+        self.high_score = high_score
+        self.label_high_score = dict(label_high_score or {})
+        self.low_iou_match = low_iou_match
+        self.velocity_gain = velocity_gain
+        self.max_predict_s = max_predict_s
+        self.max_contained = max_contained
+        self.min_confirm_s = min_confirm_s
+        self.still_speed = still_speed
+        self.still_iou = still_iou
+        self.duplicate_iou = duplicate_iou
         self._tracks: list[_State] = []
         self._next_id = 1
         self._last_t: float | None = None
@@ -129,53 +201,126 @@ class Tracker:
         }:
             seen |= self._update_group(dets, t, group)
         self._expire(t)
-        return [s.snapshot(s.hits >= self.min_hits, s.track_id in seen) for s in self._tracks]
+        return [s.snapshot(self._confirmed(s), s.track_id in seen) for s in self._tracks]
+
+    def _confirmed(self, s: _State) -> bool:
+        if s.confirmed:
+            return True
+        s.confirmed = s.hits >= self.min_hits and s.last_ts - s.first_ts >= self.min_confirm_s
+        return s.confirmed
 
     def _group(self, label: str) -> str:
         return self.groups.get(label, label)
+
+    def _is_high(self, label: str, score: float) -> bool:
+        return score >= self.label_high_score.get(label, self.high_score)
 
     def _update_group(self, dets: Detections, t: float, group: str) -> set[int]:
         d_idx = [i for i in range(len(dets)) if self._group(dets.label(i)) == group]
         tracks = [s for s in self._tracks if self._group(s.label) == group]
         if not d_idx:
             return set()
-        boxes = dets.xyxy[d_idx].astype(np.float64)
-        t_boxes = np.array([s.box for s in tracks]).reshape(-1, 4)
-        pairs, t_left, d_left = greedy_match(iou_matrix(t_boxes, boxes), self.iou_match)
-        # fallback: nearest centre among what IoU left unmatched, for tracks seen recently
-        # (a jump between two detections, not someone new where another was seconds ago)
-        t_left = {r for r in t_left if t - tracks[r].last_ts <= self.centre_gap_s}
-        if t_left and d_left:
-            tl, dl = sorted(t_left), sorted(d_left)
-            closeness = -centre_distance(t_boxes[tl], boxes[dl])
-            extra, _, _ = greedy_match(closeness, -self.max_centre_jump)
-            pairs += [(tl[r], dl[c]) for r, c in extra]
-            d_left -= {dl[c] for _, c in extra}
-        seen = set()
+        d_idx = self._distinct(dets, d_idx)
+        high = [i for i in d_idx if self._is_high(dets.label(i), float(dets.scores[i]))]
+        low = [i for i in d_idx if i not in set(high)]
+        predicted = np.array([s.predict(t, self.max_predict_s) for s in tracks]).reshape(-1, 4)
+        xyxy = dets.xyxy.astype(np.float64)
+        seen: set[int] = set()
+        # pass 1: high-score detections against every track
+        still = np.array([self._still(s) for s in tracks], dtype=bool)
+        pairs, t_left, d_left = self._match(predicted, xyxy[high], still)
         for r, c in pairs:
-            i = d_idx[c]
-            self._hit(tracks[r], boxes[c], float(dets.scores[i]), dets.label(i), t)
+            i = high[c]
+            self._hit(tracks[r], xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=True)
             seen.add(tracks[r].track_id)
+        # pass 2: low-score detections keep the remaining tracks alive (IoU only)
+        if low and t_left:
+            tl = sorted(t_left)
+            low_iou = self._still_gate(iou_matrix(predicted[tl], xyxy[low]), still[tl])
+            lp, _, _ = greedy_match(low_iou, self.low_iou_match)
+            for r, c in lp:
+                i, state = low[c], tracks[tl[r]]
+                self._hit(state, xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=False)
+                seen.add(state.track_id)
+        # new tracks from the high-score detections nobody claimed, unless a part of a tracked
+        # object (the cab of a pickup, the bed of it: detectors split big close objects)
+        inside = containment(xyxy[high], predicted).max(axis=1, initial=0.0)
         for c in sorted(d_left):
-            i = d_idx[c]
-            state = _State(self._next_id, boxes[c], float(dets.scores[i]), t, t)
+            i = high[c]
+            if inside[c] >= self.max_contained:
+                continue
+            state = _State(self._next_id, xyxy[i], float(dets.scores[i]), t, t)
             state.votes[dets.label(i)] += 1
             self._tracks.append(state)
             seen.add(state.track_id)
             self._next_id += 1
         return seen
 
-    @staticmethod
-    def _hit(state: _State, box: FloatArray, score: float, label: str, t: float) -> None:
+    def _still(self, s: _State) -> bool:
+        """A confirmed track that has stopped (a parked car, a person at a door)."""
+        x1, y1, x2, y2 = s.box
+        diag = max(float(np.hypot(x2 - x1, y2 - y1)), 1e-9)
+        speed = float(np.hypot(s.velocity[0], s.velocity[1])) / diag
+        return s.confirmed and speed < self.still_speed
+
+    def _still_gate(self, iou: FloatArray, still: npt.NDArray[np.bool_]) -> FloatArray:
+        """IoU with the rows of still tracks below ``still_iou`` zeroed."""
+        iou[still] = np.where(iou[still] >= self.still_iou, iou[still], 0.0)
+        return iou
+
+    def _distinct(self, dets: Detections, idx: list[int]) -> list[int]:
+        """``idx`` without detections overlapping a better one of the group by IoU above
+        ``duplicate_iou``: a car also scored as a truck is one object, and its second box must
+        not keep another (hidden) track alive."""
+        order = sorted(idx, key=lambda i: -float(dets.scores[i]))
+        boxes = dets.xyxy.astype(np.float64)
+        kept: list[int] = []
+        for i in order:
+            if kept and iou_matrix(boxes[[i]], boxes[kept]).max() > self.duplicate_iou:
+                continue
+            kept.append(i)
+        return sorted(kept)
+
+    def _match(
+        self, predicted: FloatArray, boxes: FloatArray, still: npt.NDArray[np.bool_]
+    ) -> tuple[list[tuple[int, int]], set[int], set[int]]:
+        """IoU matching, then the nearest centre among what IoU left unmatched.
+
+        A still track needs ``still_iou`` and takes the centre fallback only after the moving
+        tracks: a car driving past a parked one (hiding it) must not take over its track.
+        """
+        iou = self._still_gate(iou_matrix(predicted, boxes), still)
+        pairs, t_left, d_left = greedy_match(iou, self.iou_match)
+        for stopped in (False, True):  # moving tracks first: a parked car never takes
+            rows = sorted(r for r in t_left if bool(still[r]) is stopped)  # a passing one
+            if not rows or not d_left:
+                continue
+            dl = sorted(d_left)
+            closeness = -centre_distance(predicted[rows], boxes[dl])
+            extra, _, _ = greedy_match(closeness, -self.max_centre_jump)
+            pairs += [(rows[r], dl[c]) for r, c in extra]
+            t_left -= {rows[r] for r, _ in extra}
+            d_left -= {dl[c] for _, c in extra}
+        return pairs, t_left, d_left
+
+    def _hit(
+        self, state: _State, box: FloatArray, score: float, label: str, t: float, *, vote: bool
+    ) -> None:
+        dt = t - state.last_ts
+        if dt > 0:
+            measured = (to_cxcywh(box) - to_cxcywh(state.box)) / dt
+            g = self.velocity_gain
+            state.velocity = g * measured + (1 - g) * state.velocity
         state.box = box
         state.score = score
         state.last_ts = t
-        state.hits += 1
-        state.votes[label] += 1
+        if vote:
+            state.hits += 1
+            state.votes[label] += 1
 
     def _expire(self, t: float) -> None:
         def alive(s: _State) -> bool:
-            limit = self.max_lost_s if s.hits >= self.min_hits else self.tentative_lost_s
+            limit = self.max_lost_s if s.confirmed else self.tentative_lost_s
             return t - s.last_ts <= limit
 
         self._tracks = [s for s in self._tracks if alive(s)]

@@ -28,6 +28,9 @@ from bench.common import (
 )
 from bench.decode import decode_fps
 from bench.inference import BareInference, inference_stats
+from bench.link import QUICK as LINK_QUICK
+from bench.link import Plan as LinkPlan
+from bench.link import link_stats
 from bench.machine import load_average, machine_info
 from bench.outbox_rate import outbox_stats
 from bench.pipeline import EVERY_FRAME_FPS, Probe, run_pipeline
@@ -35,6 +38,7 @@ from bench.ratios import all_ratios, limit_ratios
 from bench.report import table
 from bench.rss import DEFAULT_DETECT_FPS, measure_rss
 from bench.snapshot import render_jpeg, snapshot_stats
+from bench.wear import wear_stats
 
 SCHEMA = "edge-agent.bench/1"
 T = TypeVar("T")
@@ -135,6 +139,10 @@ def run(plan: Plan, assets: Assets, out: Path, quick: bool) -> dict[str, Any]:
         "snapshot", lambda: snapshot_stats(image, warmup=plan.warmup, runs=plan.snapshot_runs)
     )
     r["outbox"] = _section("outbox", lambda: _outbox(assets, plan, out))
+    wear_events = 40 if quick else 200
+    r["wear"] = _section("outbox wear (fsyncs, bytes)", lambda: wear_stats(out, events=wear_events))
+    link_plan = LINK_QUICK if quick else LinkPlan()
+    r["link"] = _section("link faults (proxy, broker)", lambda: link_stats(out, link_plan))
     r["rss"] = _section("peak RSS (subprocess)", lambda: measure_rss(model, main_clip, plan.frames))
     r["ratios"] = all_ratios(r)
     r["machine"]["load_average_end"] = load_average()

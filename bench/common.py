@@ -90,8 +90,14 @@ def detector_config(model: Path) -> DetectorConfig:
 
 
 def make_tracker(cfg: EventsConfig) -> Tracker:
-    """The tracker the agent builds from its events config."""
-    return Tracker(iou_match=cfg.iou_match, min_hits=cfg.min_hits, max_lost_s=cfg.end_timeout_s)
+    """The tracker the agent builds from its events config (default detector thresholds)."""
+    return Tracker(
+        iou_match=cfg.iou_match,
+        min_hits=cfg.min_hits,
+        max_lost_s=cfg.end_timeout_s,
+        min_confirm_s=cfg.min_confirm_s,
+        high_score=DetectorConfig().min_score,
+    )
 
 
 def make_builder(camera: str, cfg: EventsConfig) -> EventBuilder:

@@ -81,4 +81,22 @@ def all_ratios(r: dict[str, Any]) -> dict[str, Any]:
     }
     out.update(_inference_ratios(r["inference"]))
     out.update(_outbox_ratios(r["outbox"]))
+    out.update(_fault_ratios(r))
+    return out
+
+
+def _fault_ratios(r: dict[str, Any]) -> dict[str, Any]:
+    """Wear and link numbers that are already ratios or counts per event."""
+    out: dict[str, Any] = {}
+    wear = r.get("wear", {})
+    if wear.get("status") == "measured":
+        for k, v in wear["runs"].items():
+            out[f"wear.{k}.fsyncs_per_event"] = v["fsyncs_per_event"]
+            out[f"wear.{k}.kib_written_per_event"] = v["kib_written_per_event"]
+    link = r.get("link", {})
+    if link.get("status") == "measured":
+        out["link.flap.duplicate_factor"] = link["flap"]["duplicate_factor"]
+        out["link.flap.lost"] = link["flap"]["lost"]
+        out["link.backlog.events_per_s_after_connack"] = link["backlog"]["events_per_s"]
+        out["link.latency_p50_snapshot_backlog_vs_alone"] = link.get("latency_p50_backlog_vs_alone")
     return out

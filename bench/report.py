@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.link import rows as link_rows
+
 Row = tuple[str, str]
 
 
@@ -82,6 +84,21 @@ def _outbox(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _wear(r: dict[str, Any]) -> list[Row]:
+    w = r.get("wear", {"status": "skipped", "reason": "not run"})
+    if w["status"] != "measured":
+        return [("outbox wear", f"skipped: {w['reason']}")]
+    return [
+        (f"wear {k}", f"{v['fsyncs_per_event']} fsyncs/event, {v['kib_written_per_event']} KiB "
+         f"written/event (put + ack; put only {v['kib_written_per_event_put_only']} KiB)")
+        for k, v in w["runs"].items()
+    ]  # fmt: skip
+
+
+def _link(r: dict[str, Any]) -> list[Row]:
+    return link_rows(r.get("link", {"status": "skipped", "reason": "not run"}))
+
+
 def _rss(r: dict[str, Any]) -> list[Row]:
     m = r["rss"]
     return [(
@@ -94,7 +111,7 @@ def _rss(r: dict[str, Any]) -> list[Row]:
 def table(r: dict[str, Any]) -> str:
     """Every section as ``name | value`` lines, then the ratios."""
     rows: list[Row] = []
-    for part in (_machine, _decode, _inference, _pipelines, _snapshot, _outbox, _rss):
+    for part in (_machine, _decode, _inference, _pipelines, _snapshot, _outbox, _wear, _link, _rss):
         rows.extend(part(r))
     rows.append(("ratios", ""))
     rows.extend((f"  {k}", _fmt(v)) for k, v in r["ratios"].items())

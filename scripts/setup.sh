@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the agent needs on a fresh Debian / Ubuntu / Raspberry Pi OS machine:
 # the apt packages (mosquitto; with --tests also a real RTSP server, GStreamer tools and
-# decoders, ffmpeg)
+# decoders, ffmpeg, and faketime for the clock-jump tests)
 # and a virtualenv in .venv with the agent installed editable. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,7 @@ if [ "$with_tests" = 1 ]; then
   command -v gst-launch-1.0 >/dev/null 2>&1 || pkgs+=(gstreamer1.0-tools)
   command -v ffmpeg >/dev/null 2>&1 || pkgs+=(ffmpeg)  # decoder: ffmpeg
   gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 || pkgs+=(gstreamer1.0-libav)  # software H.264
+  command -v faketime >/dev/null 2>&1 || pkgs+=(faketime)  # clock-jump fault tests
 fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   echo "setup: installing ${pkgs[*]}"
@@ -35,4 +36,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# The Ansible tests (tests/test_ansible.py): debootstrap, openssl, shellcheck, a controller
+# virtualenv, the dependency wheels and a bookworm root filesystem, cached between runs.
+if [ "$with_tests" = 1 ]; then
+  scripts/ansible-deps.sh
 fi

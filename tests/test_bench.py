@@ -80,3 +80,20 @@ def test_bench_quick_writes_sane_json(result):
 
     for key in RATIOS:
         assert isinstance(result["ratios"][key], float), key
+
+
+@pytest.mark.slow
+def test_bench_measures_wear_and_the_link_under_faults(result):
+    wear = result["wear"]["runs"]
+    assert set(wear) == {"full_event", "full_snapshot", "normal_event", "normal_snapshot"}
+    for run in wear.values():
+        assert run["kib_written_per_event"] > 0
+    if result["wear"]["fsync_counter"]:
+        # FULL syncs the WAL on every commit; NORMAL only at checkpoints
+        assert wear["full_event"]["fsyncs"] > wear["normal_event"]["fsyncs"]
+    link = result["link"]
+    assert link["flap"]["lost"] == 0  # a flapping link loses nothing
+    assert link["flap"]["duplicate_factor"] >= 1.0
+    assert link["backlog"]["delivered_all"] is True
+    for lane in ("latency_events_only", "latency_with_snapshot_backlog"):
+        assert link[lane]["delivered"] == link[lane]["events"]

@@ -77,9 +77,9 @@ def full_run(tmp_path_factory):
     try:
         config = write_config(tmp, broker.port)
         proc = run_agent(config)
-        sub.wait_for(lambda ms: any(b'"offline"' in m.payload for m in ms), 10)
+        assert sub.wait_for(lambda ms: any(b'"offline"' in m.payload for m in ms), 10)
         late = Subscriber(broker.port, f"{BASE}/status")  # sees only what is retained
-        late.wait_for(lambda ms: len(ms) > 0, 5)
+        assert late.wait_for(lambda ms: len(ms) > 0, 5)
         yield proc, sub.messages, late.messages, config
         late.close()
     finally:
@@ -233,7 +233,7 @@ def test_sigterm_ends_open_events_and_exits_zero(tmp_path, broker):
         assert proc.wait(30) == 0
     finally:
         proc.kill()
-    sub.wait_for(lambda ms: b'"offline"' in ms[-1].payload, 10)
+    assert sub.wait_for(lambda ms: bool(ms) and b'"offline"' in ms[-1].payload, 10)
     evs = events(sub.messages)
     sub.close()
     assert Counter(e["type"] for e in evs)["end"] == Counter(e["type"] for e in evs)["new"] >= 1

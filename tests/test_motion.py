@@ -7,7 +7,7 @@ import pytest
 
 from agent.domain import Track
 from agent.gate import GateParams, Reason, decide, reason
-from agent.motion import MotionDetector, MotionParams, MotionResult, polygon_problem
+from agent.motion import MotionDetector, MotionParams, MotionResult
 from agent.regions import Region, region_for
 
 W, H = 640, 360
@@ -86,20 +86,9 @@ def test_time_going_backwards_restarts_calibration():
     assert md.update(with_square(scene(21), 100, 100), 0.0).calibrating
 
 
-@pytest.mark.parametrize(
-    ("points", "problem"),
-    [
-        ([[0, 0], [1, 0], [1, 1]], None),
-        ([[0, 0], [1, 0]], "at least 3 points"),
-        ([[0, 0], [1.2, 0], [1, 1]], "point 1 must be normalised"),
-        ([[0, 0], [1, 0, 3], [1, 1]], "point 1 must be [x, y]"),
-        ([[0, 0], [0.5, 0.5], [1, 1]], "no area"),
-        ([[0, 0], [float("nan"), 0], [1, 1]], "normalised"),
-    ],
-)
-def test_polygon_problems(points, problem):
-    found = polygon_problem(points)
-    assert found == problem if problem is None else problem in found
+def test_an_invalid_mask_is_refused_by_the_motion_params():
+    with pytest.raises(ValueError, match=r"masks\[0\]: .*outside the frame"):
+        MotionParams(masks=(((0.0, 0.0), (1.5, 0.0), (0.0, 1.0)),))
 
 
 @pytest.mark.parametrize(

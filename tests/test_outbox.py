@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,14 +186,15 @@ def test_corrupt_file_is_quarantined_and_a_fresh_outbox_starts(
     cfg: OutboxConfig, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg.path.parent.mkdir(parents=True)
+    ob = Outbox.open(cfg)
+    for i in range(40):
+        ob.put([event(i, 3000)])
+    lost_last_seq = ob.stats().last_seq
+    ob.close()
     if damage == "random_bytes":
         cfg.path.write_bytes(os.urandom(50_000))
         Path(f"{cfg.path}-wal").write_bytes(os.urandom(1000))
     else:
-        ob = Outbox.open(cfg)
-        for i in range(40):
-            ob.put([event(i, 3000)])
-        ob.close()
         _garble(cfg.path, 3 * 4096, 8 * 4096)
     before = cfg.path.read_bytes()
     with caplog.at_level(logging.ERROR, logger="agent.outbox"):
@@ -207,14 +209,36 @@ def test_corrupt_file_is_quarantined_and_a_fresh_outbox_starts(
     if damage == "random_bytes":
         assert Path(f"{moved}-wal").exists()
     seq = ob.put([event(1)])
-    lost_file_last_seq = 0 if damage == "random_bytes" else 40
-    assert seq > lost_file_last_seq  # never a seq the lost file may have handed out
+    assert lost_last_seq == 40
+    assert seq > lost_last_seq  # above anything the lost file handed out
     assert [r.msg_id for r in ob.peek(0, 10)] == ["e1"]
     ob.close()
     ob = Outbox.open(cfg)  # and it is a healthy file from now on
     assert ob.stats().quarantined == 1
     assert ob.stats().quarantined_file is None
     ob.close()
+
+
+def test_seq_after_a_quarantine_stays_above_the_lost_file_with_the_clock_set_back(
+    cfg: OutboxConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi without an RTC boots in 1970 until NTP syncs: a quarantine then must not restart
+    ``seq`` below what the lost file (itself seeded after an earlier quarantine) handed out."""
+    cfg.path.parent.mkdir(parents=True)
+    cfg.path.write_bytes(os.urandom(20_000))  # first quarantine, real clock
+    ob = Outbox.open(cfg)
+    for i in range(5):
+        ob.put([event(i)])
+    before = ob.stats().last_seq
+    ob.close()
+    cfg.path.write_bytes(os.urandom(20_000))  # lost again ...
+    monkeypatch.setattr(time, "time", lambda: 86_400.0)  # ... after a boot on 2 Jan 1970
+    ob = Outbox.open(cfg)
+    try:
+        assert ob.stats().quarantined == 1
+        assert ob.put([event(9)]) > before
+    finally:
+        ob.close()
 
 
 def test_only_the_newest_quarantined_copies_are_kept(cfg: OutboxConfig) -> None:

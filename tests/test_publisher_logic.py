@@ -22,9 +22,11 @@ def outbox(tmp_path):
 
 
 def put(outbox: Outbox, n: int, size: int = 10) -> None:
+    """``n`` event rows; row k's payload is ``p{k}`` padded with x to ``size`` bytes."""
     for _ in range(n):
         k = outbox.stats().last_seq
-        outbox.put([OutMessage("event", "t/events", b"x" * size, 1, f"m{k}", f"e{k}")])
+        body = f"p{k}".encode().ljust(size, b"x")
+        outbox.put([OutMessage("event", "t/events", body, 1, f"m{k}", f"e{k}")])
 
 
 TOPICS = Topics("camnet", "c", "n")
@@ -50,7 +52,9 @@ def test_window_bounds_what_is_handed_to_the_link(outbox):
     link.ack(2)
     pub.step()
     assert len(link.sent) == 6
-    assert outbox.stats().depth == 8  # exactly the two acked rows are gone
+    assert outbox.stats().depth == 8
+    # exactly the two acked rows are gone
+    assert [r.msg_id for r in outbox.peek(0, 20)] == [f"m{k}" for k in range(2, 10)]
 
 
 def test_rows_go_out_in_creation_order_and_are_deleted_only_on_puback(outbox):
@@ -87,7 +91,9 @@ def test_after_a_drop_unacked_rows_are_sent_again_acked_ones_not(outbox):
     assert outbox.stats().depth == 3
     link.connected = True
     pub.step()
-    assert ids(link)[4:] == [b"x" * 10] * 3
+    assert ids(link)[:4] == [b"p0xxxxxxxx", b"p1xxxxxxxx", b"p2xxxxxxxx", b"p3xxxxxxxx"]
+    # exactly the three unacked rows again, in order; the acked p0 never again
+    assert ids(link)[4:] == [b"p1xxxxxxxx", b"p2xxxxxxxx", b"p3xxxxxxxx"]
     assert pub.stats().resends == 3
     assert [mid for mid, *_ in link.sent[4:]] == [5, 6, 7]
 
@@ -275,7 +281,7 @@ def test_oversized_message_never_reaches_the_link(outbox):
     link = FakeLink()
     pub = make(outbox, link, max_payload_bytes=4096)
     pub.step()
-    assert [len(p) for p in ids(link)] == [10]
+    assert ids(link) == [b"p1xxxxxxxx"]  # the small row went out, the big one never
     assert outbox.stats().dead_letters == 1
 
 
