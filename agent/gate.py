@@ -41,7 +41,7 @@ class GateParams:
 
     confirm_interval_s: float = 1.5
     refresh_interval_s: float = 30.0
-    track_margin: float = 0.5
+    track_margin: float = 0.75
     explained: float = 0.6
     explains_s: float = 2.0
     regions: bool = True

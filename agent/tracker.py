@@ -158,6 +158,7 @@ class Tracker:
         max_lost_s: float,
         tentative_lost_s: float = 1.0,
         max_centre_jump: float = 0.6,
+        centre_gap_s: float = 2.0,
         groups: dict[str, str] | None = None,
         high_score: float = 0.0,
         label_high_score: Mapping[str, float] | None = None,
@@ -175,6 +176,7 @@ class Tracker:
         self.max_lost_s = max_lost_s
         self.tentative_lost_s = min(tentative_lost_s, max_lost_s)
         self.max_centre_jump = max_centre_jump
+        self.centre_gap_s = centre_gap_s
         self.groups = groups if groups is not None else {"bus": "car", "truck": "car"}
         self.high_score = high_score
         self.label_high_score = dict(label_high_score or {})
@@ -228,7 +230,8 @@ class Tracker:
         seen: set[int] = set()
         # pass 1: high-score detections against every track
         still = np.array([self._still(s) for s in tracks], dtype=bool)
-        pairs, t_left, d_left = self._match(predicted, xyxy[high], still)
+        fresh = np.array([t - s.last_ts <= self.centre_gap_s for s in tracks], dtype=bool)
+        pairs, t_left, d_left = self._match(predicted, xyxy[high], still, fresh)
         for r, c in pairs:
             i = high[c]
             self._hit(tracks[r], xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=True)
@@ -282,17 +285,23 @@ class Tracker:
         return sorted(kept)
 
     def _match(
-        self, predicted: FloatArray, boxes: FloatArray, still: npt.NDArray[np.bool_]
+        self,
+        predicted: FloatArray,
+        boxes: FloatArray,
+        still: npt.NDArray[np.bool_],
+        fresh: npt.NDArray[np.bool_],
     ) -> tuple[list[tuple[int, int]], set[int], set[int]]:
         """IoU matching, then the nearest centre among what IoU left unmatched.
 
         A still track needs ``still_iou`` and takes the centre fallback only after the moving
-        tracks: a car driving past a parked one (hiding it) must not take over its track.
+        tracks: a car driving past a parked one (hiding it) must not take over its track. Only
+        ``fresh`` tracks (seen in the last ``centre_gap_s``) take the fallback: it bridges a
+        jump between two detections, not someone new where another was seconds ago.
         """
         iou = self._still_gate(iou_matrix(predicted, boxes), still)
         pairs, t_left, d_left = greedy_match(iou, self.iou_match)
         for stopped in (False, True):  # moving tracks first: a parked car never takes
-            rows = sorted(r for r in t_left if bool(still[r]) is stopped)  # a passing one
+            rows = sorted(r for r in t_left if bool(still[r]) is stopped and fresh[r])
             if not rows or not d_left:
                 continue
             dl = sorted(d_left)

@@ -35,13 +35,12 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import DetectorConfig, EventsConfig, MotionConfig
+from agent.assembly import detector_config, make_pipeline
+from agent.config import DetectorConfig, load_settings
 from agent.detector import load_detector
 from agent.detector_service import DetectorService
-from agent.gate import MotionGate
 from agent.localbroker import LocalBroker
 from agent.metrics import PipelineCounters
-from agent.pipeline import CameraPipeline
 from bench.common import (
     DEFAULT_MODEL,
     DEFAULT_SHARED,
@@ -49,8 +48,6 @@ from bench.common import (
     REPO,
     SAMPLE_FRAME,
     Assets,
-    make_builder,
-    make_tracker,
     read_frame,
 )
 from bench.machine import load_average, machine_info
@@ -89,17 +86,19 @@ def naive_loop(model: Path, clip: Path, max_frames: int | None) -> dict[str, Any
 def agent_pipeline(
     model: Path, clip: Path, *, gated: bool, max_frames: int | None
 ) -> dict[str, Any]:
-    """The agent's pipeline through the shared detector service, ``realtime: false``."""
-    detector = load_detector(DetectorConfig(model=model))
+    """The agent's pipeline, built as the agent builds it (``agent.assembly``), through the
+    shared detector service, ``realtime: false``."""
+    settings = load_settings(
+        None, node_id="bench", commune_id="bench",
+        cameras=[{"id": "bench", "source": str(clip), "detect_fps": 5.0,
+                  "motion": {"enabled": gated}}],
+        detector={"model": str(model)},
+    )  # fmt: skip
+    detector = load_detector(detector_config(settings))
     service = DetectorService(detector)
     client = service.client("bench", 5.0)
-    gate = MotionGate.from_config(MotionConfig(), min(detector.input_size)) if gated else None
     sink = CountingSink()
-    events = EventsConfig()
-    pipeline = CameraPipeline(
-        client, make_tracker(events), make_builder("bench", events), sink, PipelineCounters(),
-        detect_fps=5.0, gate=gate, wait=True,
-    )  # fmt: skip
+    pipeline = make_pipeline(settings, settings.cameras[0], client, sink, PipelineCounters())
     service.start()
     try:
         run = play(pipeline, clip, max_frames)

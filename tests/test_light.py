@@ -12,17 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.assembly import detector_config
+from agent.assembly import make_pipeline as assemble
 from agent.capture import CaptureThread
-from agent.config import CameraConfig, DetectorConfig, EventsConfig, MotionConfig
+from agent.config import CameraConfig, DetectorConfig, load_settings
 from agent.detector import load_detector
 from agent.detector.session import choose_providers
 from agent.detector_service import DetectorService
 from agent.domain import Frame
-from agent.events import EventBuilder
-from agent.gate import MotionGate
 from agent.metrics import PipelineCounters
 from agent.pipeline import CameraPipeline, CameraWorker
-from agent.tracker import Tracker
 from bench.light_agent import max_runs_per_s
 from bench.regions import compare_regions
 from tests.conftest import MEDIA, MODELS
@@ -32,19 +31,27 @@ CLIP = MEDIA / "one-by-one-person-detection.mp4"
 MODEL = MODELS / "yolox_nano_416.onnx"
 
 
+def settings_for(camera: str = "cam", *, gated: bool = True, detect_fps: float = 5.0):
+    return load_settings(
+        None, node_id="light", commune_id="test",
+        cameras=[{"id": camera, "source": str(CLIP), "detect_fps": detect_fps,
+                  "motion": {"enabled": gated}}],
+        detector={"model": str(MODEL)},
+    )  # fmt: skip
+
+
+def agent_detector():
+    """The detector as the agent loads it (thresholds lowered for the tracker's second pass)."""
+    return load_detector(detector_config(settings_for()))
+
+
 def make_pipeline(
     detector, *, gated: bool, wait: bool = True, camera: str = "cam", detect_fps: float = 5.0
 ):
-    ev = EventsConfig()
+    """The camera pipeline exactly as the agent builds it (agent.assembly)."""
+    settings = settings_for(camera, gated=gated, detect_fps=detect_fps)
     sink = ListSink()
-    gate = MotionGate.from_config(MotionConfig(), min(detector.input_size)) if gated else None
-    p = CameraPipeline(
-        detector,
-        Tracker(iou_match=ev.iou_match, min_hits=ev.min_hits, max_lost_s=ev.end_timeout_s),
-        EventBuilder(camera, update_interval_s=ev.update_interval_s, min_move=ev.min_move,
-                     snapshot_gain=ev.snapshot_gain),
-        sink, PipelineCounters(), detect_fps=detect_fps, gate=gate, wait=wait,
-    )  # fmt: skip
+    p = assemble(settings, settings.cameras[0], detector, sink, PipelineCounters(), wait=wait)
     return p, sink
 
 
@@ -85,7 +92,7 @@ def clip_frames():
 
 @pytest.mark.slow
 def test_the_gate_keeps_the_six_visits_with_three_times_fewer_detector_runs():
-    detector = load_detector(DetectorConfig(model=MODEL))
+    detector = agent_detector()
     gated, gated_sink = make_pipeline(detector, gated=True)
     plain, plain_sink = make_pipeline(detector, gated=False)
     for i, image in enumerate(clip_frames()):
@@ -111,7 +118,7 @@ def test_the_gate_keeps_the_six_visits_with_three_times_fewer_detector_runs():
 @pytest.mark.parametrize("detect_fps", [1.0, 1.5])
 def test_the_gate_keeps_the_six_visits_at_a_budget_rate(detect_fps):
     """About what each of four cameras gets from a Pi 4's detector (max_fps 6)."""
-    p, sink = make_pipeline(load_detector(DetectorConfig(model=MODEL)), gated=True,
+    p, sink = make_pipeline(agent_detector(), gated=True,
                             detect_fps=detect_fps)  # fmt: skip
     play(p, clip_frames())
     assert_six_person_visits(sink)
@@ -130,7 +137,7 @@ def test_a_static_scene_with_a_light_change_almost_never_runs_the_detector():
             noise = rng.normal(0, 2, base.shape)
             yield np.clip(base + noise, 0, 255).astype(np.uint8)
 
-    detector = load_detector(DetectorConfig(model=MODEL))
+    detector = agent_detector()
     p, sink = make_pipeline(detector, gated=True)
     play(p, frames())
     stats = p.counters.snapshot(0.0)
@@ -144,7 +151,7 @@ def test_a_static_scene_with_a_light_change_almost_never_runs_the_detector():
 def test_three_cameras_share_one_detector_under_a_budget_and_a_flood_stalls_none():
     """Three cameras on the clip (realtime false) through one service capped at 25 runs/s,
     beside a camera that floods the service and one whose worker died after one frame."""
-    detector = load_detector(DetectorConfig(model=MODEL))
+    detector = agent_detector()
     service = DetectorService(detector, max_fps=25.0)
     cams = []
     for n in range(3):
