@@ -10,7 +10,9 @@ the last detection run. The detector runs when
 - ``tentative``: a track is not confirmed yet: confirm (or drop) it at the full rate;
 - ``confirm``: confirmed tracks exist and ``confirm_interval_s`` passed since the last run,
   so an object that stands still for minutes stays one event, neither lost nor found again;
-- ``refresh``: ``refresh_interval_s`` passed without a run (a slow periodic whole-frame look).
+- ``refresh``: ``refresh_interval_s`` passed without a run (a slow periodic whole-frame look),
+  or most of the picture changed at once (a light change, a cut: the motion detector
+  recalibrates and sees no motion, so the whole frame is looked at once).
 
 Otherwise the frame is skipped for no motion.
 """
@@ -96,7 +98,7 @@ def unexplained(
     return any(covered(m, boxes) < params.explained for m in motion)
 
 
-def reason(
+def reason(  # noqa: PLR0911 - one return per rule of the table above
     params: GateParams,
     ts: float,
     motion: MotionResult,
@@ -106,6 +108,8 @@ def reason(
     """Why the detector should run at ``ts``, or None to skip (see the module docstring)."""
     if last_run_ts is None:
         return Reason.START
+    if motion.recalibrated:  # most of the picture changed at once: look at all of it once
+        return Reason.REFRESH
     if motion.motion and unexplained(motion.boxes, tracks, params, ts):
         return Reason.MOTION
     if any(not t.confirmed for t in tracks):

@@ -80,13 +80,16 @@ class MotionResult:
 
     ``boxes`` in pixels of the full frame; ``changed`` the fraction of the (unmasked) small
     frame that differs from the background; ``calibrating`` while the background is (re)learnt
-    (first frame, after a global light change, after time went backwards).
+    (first frame, after a global light change, after time went backwards). ``recalibrated``
+    on the frame where most of the picture changed at once: a light change, or a cut to a
+    different scene (something may be there: the gate looks at the whole frame once).
     """
 
     ts: float
     boxes: tuple[BoxPx, ...]
     changed: float
     calibrating: bool
+    recalibrated: bool = False
 
     @property
     def motion(self) -> bool:
@@ -196,7 +199,7 @@ class MotionDetector:
         changed = float(np.count_nonzero(binary)) / counted
         if changed > p.recalibrate_fraction:
             self._state = self._calibrate(grey, ts)
-            return MotionResult(ts, (), round(changed, 4), True)
+            return MotionResult(ts, (), round(changed, 4), True, recalibrated=True)
         alpha = 1.0 - math.exp(-(ts - st.last_ts) / p.background_s)
         cv2.accumulateWeighted(grey, st.background, alpha)
         st.last_ts = ts

@@ -64,6 +64,7 @@ def test_a_global_light_change_recalibrates_instead_of_reporting_motion():
     frames += [np.clip(scene(20 + i) * lamp, 0, 255).astype(np.uint8) for i in range(30)]
     results = play(MotionDetector(MotionParams(recalibrate_s=1.0)), frames)
     assert results[20].calibrating
+    assert results[20].recalibrated
     assert not results[20].motion
     assert results[20].changed > 0.4
     assert not any(r.motion for r in results)
@@ -154,3 +155,9 @@ def test_gate_region_covers_motion_and_tracks_and_refresh_is_whole_frame():
     d = decide(no_regions, 10.0, moved((1500, 800, 1520, 840)), [], 9.9, (1920, 1080), 416)
     assert d.run
     assert d.region is None
+
+
+def test_a_sudden_change_of_most_of_the_picture_is_looked_at_once():
+    cut = MotionResult(10.0, (), 0.6, True, recalibrated=True)
+    assert reason(GateParams(), 10.0, cut, [], 9.9) is Reason.REFRESH
+    assert decide(GateParams(), 10.0, cut, [], 9.9, (1920, 1080), 416).region is None
