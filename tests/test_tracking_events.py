@@ -445,3 +445,19 @@ def test_a_second_box_of_the_same_object_keeps_no_other_track_alive(duplicate_io
     for k in range(4, 10):  # only the front car, twice
         out = tr.update(dets(front, ("truck", (150, 100, 250, 170), 0.3)), k * 0.2)
     assert [t.track_id for t in out] == alive  # without the rule the hidden car lives on
+
+
+@pytest.mark.parametrize(
+    ("gap_s", "same_track"),
+    [
+        (1.0, True),  # a far jump between two detections at a low rate: the same object
+        (3.0, False),  # someone new near where another was seen 3 s ago: a new track
+    ],
+)
+def test_centre_fallback_only_bridges_short_gaps(gap_s, same_track):
+    tr = Tracker(iou_match=0.2, min_hits=1, max_lost_s=4.0, centre_gap_s=2.0)
+    (first,) = tr.update(dets(("person", (100, 100, 150, 250), 0.9)), 0.0)
+    later = tr.update(dets(("person", (160, 100, 210, 250), 0.9)), gap_s)  # no overlap
+    seen = [t for t in later if t.seen_now]
+    assert len(seen) == 1
+    assert (seen[0].track_id == first.track_id) is same_track
