@@ -27,8 +27,8 @@ from agent.config import (
     validation_problems,
 )
 from agent.errors import AgentError, ConfigError, ModelError, OutboxError
-from agent.logs import setup_logging
-from agent.models import DEFAULT_MODEL_DIR, MANIFEST, MODEL_DIR_ENV, default_model_dir
+from agent.node.logs import setup_logging
+from agent.tools.models import DEFAULT_MODEL_DIR, MANIFEST, MODEL_DIR_ENV, default_model_dir
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
 log = logging.getLogger("agent")
@@ -179,7 +179,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from agent.detect_cmd import detect_path
+    from agent.tools.detect_cmd import detect_path
 
     labels = args.labels.split(",") if args.labels else None
     cfg = DetectorConfig(
@@ -195,13 +195,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from agent.evaluate import run_all
+    from agent.tools.evaluate import run_all
 
     return run_all(args)
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
-    from agent.draw import draw
+    from agent.tools.draw import draw
 
     settings = load_settings(args.config)
     print(draw(settings, args.camera, args.out, args.image))
@@ -209,14 +209,14 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from agent.models_cmd import run_models
+    from agent.tools.models_cmd import run_models
 
     model_dir = args.dir or default_model_dir()
     return run_models(args.action, model_dir, args.manifest, args.names, args.mirror)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.app import App
+    from agent.node.app import App
 
     settings = load_settings(args.config)
     _logging_for(settings)
@@ -229,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from agent.app import dead_letters, drain_outbox, outbox_stats
+    from agent.node.app import dead_letters, drain_outbox, outbox_stats
 
     settings = load_settings(args.config)
     _logging_for(settings)
@@ -272,7 +272,7 @@ def tail_mqtt_config(args: argparse.Namespace) -> tuple[MqttConfig, str]:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from agent.tail import tail
+    from agent.tools.tail import tail
 
     cfg, topic = tail_mqtt_config(args)
     if args.config is not None:
@@ -286,13 +286,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo
+    from agent.tools.demo import run_demo
 
     return run_demo(clip=args.clip, model=args.model, realtime=args.realtime)
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from agent.discover_cmd import read_credentials, run_discover
+    from agent.tools.discover_cmd import read_credentials, run_discover
 
     return run_discover(
         timeout=args.timeout, interface=args.interface, address=args.address,

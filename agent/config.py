@@ -30,17 +30,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from agent.delivery.tls import build_context
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError
-from agent.geometry import polygon_problem
-from agent.models import (
+from agent.node.redact import source_secrets
+from agent.tools.models import (
     DEFAULT_MODEL_DIR,
     DEFAULT_MODEL_FILE,
     default_model_dir,
     missing_model_hint,
 )
-from agent.redact import source_secrets
-from agent.tls import build_context
+from agent.vision.geometry import polygon_problem
 
 DEFAULT_LABELS = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
 _ID = r"^[a-z0-9][a-z0-9-]{0,62}$"

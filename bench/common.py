@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import DetectorConfig, EventsConfig
-from agent.events import EventBuilder
-from agent.tracker import Tracker
+from agent.vision.events import EventBuilder
+from agent.vision.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared"))

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.detector import load_detector
-from agent.detector.decode import nms
-from agent.detector.families import SPECS
-from agent.detector.session import DEFAULT_MAX_DET, open_session, session_options
+from agent.vision.detector import load_detector
+from agent.vision.detector.decode import nms
+from agent.vision.detector.families import SPECS
+from agent.vision.detector.session import DEFAULT_MAX_DET, open_session, session_options
 from bench.common import Image, detector_config, summary_ms
 
 

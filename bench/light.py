@@ -35,12 +35,12 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.assembly import detector_config, make_pipeline
 from agent.config import DetectorConfig, load_settings
-from agent.detector import load_detector
-from agent.detector_service import DetectorService
-from agent.localbroker import LocalBroker
-from agent.metrics import PipelineCounters
+from agent.tools.localbroker import LocalBroker
+from agent.vision.assembly import detector_config, make_pipeline
+from agent.vision.detector import load_detector
+from agent.vision.detector_service import DetectorService
+from agent.vision.metrics import PipelineCounters
 from bench.common import (
     DEFAULT_MODEL,
     DEFAULT_SHARED,
@@ -86,7 +86,7 @@ def naive_loop(model: Path, clip: Path, max_frames: int | None) -> dict[str, Any
 def agent_pipeline(
     model: Path, clip: Path, *, gated: bool, max_frames: int | None
 ) -> dict[str, Any]:
-    """The agent's pipeline, built as the agent builds it (``agent.assembly``), through the
+    """The agent's pipeline, built as the agent builds it (``agent.vision.assembly``), through the
     shared detector service, ``realtime: false``."""
     settings = load_settings(
         None, node_id="bench", commune_id="bench",

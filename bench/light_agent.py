@@ -19,8 +19,8 @@ from typing import Any
 
 import psutil
 
-from agent.app import App
 from agent.config import load_settings
+from agent.node.app import App
 
 
 def max_runs_per_s(starts: list[float]) -> int:

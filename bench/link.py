@@ -32,12 +32,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig
-from agent.localbroker import LocalBroker
-from agent.mqtt_link import MqttLink
-from agent.outbox import Outbox, OutMessage
-from agent.publisher import Publisher
+from agent.contract import Topics
+from agent.delivery.mqtt_link import MqttLink
+from agent.delivery.outbox import Outbox, OutMessage
+from agent.delivery.publisher import Publisher
+from agent.tools.localbroker import LocalBroker
 from tests.faultproxy import FaultProxy
 
 BASE = "camnet/bench-commune/bench-node"

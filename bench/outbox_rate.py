@@ -18,8 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from agent.codec import Topics, encode_event
 from agent.config import OutboxConfig
+from agent.contract import Topics, encode_event
 from agent.domain import Event, EventType
 from bench.common import rate
 
@@ -47,7 +47,7 @@ def outbox_api_problem() -> str | None:
     """Why the outbox cannot be benchmarked here, or None when its API is the expected one."""
     outbox = outbox_module
     if outbox is None:
-        return f"agent.outbox cannot be imported: {OUTBOX_IMPORT_ERROR}"
+        return f"agent.delivery.outbox cannot be imported: {OUTBOX_IMPORT_ERROR}"
     cls = getattr(outbox, "Outbox", None)
     for name, ok in (
         ("Outbox", cls is not None),
@@ -57,14 +57,14 @@ def outbox_api_problem() -> str | None:
         ("OutMessage", hasattr(outbox, "OutMessage")),
     ):
         if not ok:
-            return f"agent.outbox has no {name}"
+            return f"agent.delivery.outbox has no {name}"
     return None
 
 
 def _outbox() -> ModuleType:
-    """``agent.outbox`` (callers checked :func:`outbox_api_problem` first)."""
+    """``agent.delivery.outbox`` (callers checked :func:`outbox_api_problem` first)."""
     if outbox_module is None:
-        raise RuntimeError(f"agent.outbox cannot be imported: {OUTBOX_IMPORT_ERROR}")
+        raise RuntimeError(f"agent.delivery.outbox cannot be imported: {OUTBOX_IMPORT_ERROR}")
     return outbox_module
 
 

@@ -1,6 +1,6 @@
 """The camera pipeline end to end on a real clip: source -> detector -> tracker -> events.
 
-Frames come from the agent's own :class:`~agent.sources.OpenCVSource` (``realtime: false``)
+Frames come from the agent's own :class:`~agent.capture.sources.OpenCVSource` (``realtime: false``)
 and are stepped in the same thread, so throughput is directly comparable with the serial
 limit ``1 / (1/decode_fps + inference_s)``. The sink only counts (or, for the memory run,
 also renders the snapshots as the agent would).
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.capture.sources import OpenCVSource, SystemClock
 from agent.config import CameraConfig, EventsConfig, SnapshotsConfig
-from agent.detector import load_detector
 from agent.errors import SourceFinished
-from agent.events import Emission
-from agent.metrics import PipelineCounters
-from agent.pipeline import CameraPipeline
-from agent.snapshot import render
-from agent.sources import OpenCVSource, SystemClock
+from agent.vision.detector import load_detector
+from agent.vision.events import Emission
+from agent.vision.metrics import PipelineCounters
+from agent.vision.pipeline import CameraPipeline
+from agent.vision.snapshot import render
 from bench.common import detector_config, make_builder, make_tracker, rate
 
 CAMERA = "bench"
@@ -31,7 +31,7 @@ EVERY_FRAME_FPS = 1000.0  # far above any clip's frame rate: every frame is due
 
 @dataclass
 class CountingSink:
-    """An :class:`~agent.pipeline.EventSink` that counts by type; optionally renders JPEGs."""
+    """An :class:`~agent.vision.pipeline.EventSink` counting by type; optionally renders JPEGs."""
 
     render_snapshots: bool = False
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 
 from agent.config import DetectorConfig
-from agent.detector import load_detector
 from agent.domain import Detections
-from agent.motion import MotionDetector, MotionParams
-from agent.pipeline import crop, in_frame
-from agent.regions import Region, region_for
+from agent.vision.detector import load_detector
+from agent.vision.motion import MotionDetector, MotionParams
+from agent.vision.pipeline import crop, in_frame
+from agent.vision.regions import Region, region_for
 
 
 def people_in(dets: Detections, region: Region) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.config import SnapshotsConfig
 from agent.domain import Frame, SnapshotRequest
-from agent.snapshot import render
+from agent.vision.snapshot import render
 from bench.common import Image, summary_ms
 
 

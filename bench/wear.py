@@ -36,7 +36,7 @@ def proc_io() -> dict[str, int]:
 
 def _child(folder: Path, sync: str, with_jpeg: bool, n: int) -> dict[str, Any]:
     from agent.config import OutboxConfig  # noqa: PLC0415 - child only
-    from agent.outbox import Outbox  # noqa: PLC0415
+    from agent.delivery.outbox import Outbox  # noqa: PLC0415
 
     jpeg = os.urandom(40_000) if with_jpeg else None  # incompressible, as a JPEG is
     box = Outbox.open(OutboxConfig(path=folder / "wear.db", synchronous=sync))  # type: ignore[arg-type]

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
+from agent.delivery.mqtt_link import PubAck
 from agent.domain import Frame
 from agent.errors import DetectorError, SourceError, SourceFinished
-from agent.heartbeat import SystemStats
-from agent.mqtt_link import PubAck
+from agent.node.heartbeat import SystemStats
 
 
 class FakeClock:
@@ -208,7 +208,7 @@ class FakeProbe:
 
 
 class FakeNotifier:
-    """The :class:`agent.systemd.Notifier` seam: records every message in order."""
+    """The :class:`agent.node.systemd.Notifier` seam: records every message in order."""
 
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled

@@ -9,7 +9,7 @@ import sys
 import time
 
 from agent.config import MqttConfig
-from agent.mqtt_link import MqttLink
+from agent.delivery.mqtt_link import MqttLink
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.localbroker import LocalBroker
+from agent.tools.localbroker import LocalBroker
 
 
 @dataclass(frozen=True)

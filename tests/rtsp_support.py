@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.capture import CaptureThread
+from agent.capture.thread import CaptureThread
 from tests.conftest import MEDIA
 from tests.rtsp_server import SYSTEM_PYTHON, RtspServer
 

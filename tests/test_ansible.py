@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.localbroker import free_port, wait_port
+from agent.tools.localbroker import free_port, wait_port
 from tests.ansible_support import (
     ANSIBLE_DIR,
     CONTROLLER,

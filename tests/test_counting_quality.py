@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.evaluate import eval_settings, read_labels, run_clip
+from agent.tools.evaluate import eval_settings, read_labels, run_clip
 from tests.conftest import MEDIA, MODELS
 
 LABELS = Path(__file__).parent / "data" / "labels"

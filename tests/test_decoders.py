@@ -15,10 +15,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from agent.capture import Backoff, CaptureThread
-from agent.config import CameraConfig
-from agent.errors import SourceError, SourceFinished
-from agent.sources import (
+from agent.capture.sources import (
     FfmpegSource,
     GstPipeSource,
     OpenCVSource,
@@ -27,6 +24,9 @@ from agent.sources import (
     make_source,
     parse_probe,
 )
+from agent.capture.thread import Backoff, CaptureThread
+from agent.config import CameraConfig
+from agent.errors import SourceError, SourceFinished
 from tests.conftest import MEDIA
 from tests.fakes import FakeClock
 from tests.rtsp_server import RtspServer

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from agent.detector.decode import (
+from agent.errors import ModelError
+from agent.vision.detector.decode import (
     decode_gfl,
     decode_yolov5,
     decode_yolov8,
@@ -15,8 +16,8 @@ from agent.detector.decode import (
     grid_points,
     nms,
 )
-from agent.detector.families import SPECS, check_layout, detect_family, input_size_of
-from agent.detector.preprocess import (
+from agent.vision.detector.families import SPECS, check_layout, detect_family, input_size_of
+from agent.vision.detector.preprocess import (
     LetterboxInfo,
     StretchInfo,
     boxes_to_original,
@@ -26,7 +27,6 @@ from agent.detector.preprocess import (
     stretch_blob,
     to_blob,
 )
-from agent.errors import ModelError
 
 # --- preprocess -------------------------------------------------------------------------------
 

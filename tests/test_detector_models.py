@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from agent.config import DetectorConfig
-from agent.detector import OnnxDetector, load_detector
-from agent.detector.annotate import draw_detections
-from agent.detector.decode import decode_gfl, decode_yolox, nms
-from agent.detector.families import SPECS, FamilySpec, Resize
-from agent.detector.preprocess import LetterboxInfo, StretchInfo, boxes_to_original
-from agent.detector.session import open_session, session_options
 from agent.domain import COCO_LABELS, Detections
 from agent.errors import ModelError
+from agent.vision.detector import OnnxDetector, load_detector
+from agent.vision.detector.annotate import draw_detections
+from agent.vision.detector.decode import decode_gfl, decode_yolox, nms
+from agent.vision.detector.families import SPECS, FamilySpec, Resize
+from agent.vision.detector.preprocess import LetterboxInfo, StretchInfo, boxes_to_original
+from agent.vision.detector.session import open_session, session_options
 from tests.conftest import MEDIA, MODELS
 
 REAL_MODELS = [

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from agent.config import EventsConfig
-from agent.detector_service import DetectorService
 from agent.domain import Detections, Frame
 from agent.errors import DetectorError
-from agent.events import EventBuilder
-from agent.liveness import Beat
-from agent.metrics import PipelineCounters
-from agent.pipeline import CameraPipeline
-from agent.tracker import Tracker
+from agent.node.liveness import Beat
+from agent.vision.detector_service import DetectorService
+from agent.vision.events import EventBuilder
+from agent.vision.metrics import PipelineCounters
+from agent.vision.pipeline import CameraPipeline
+from agent.vision.tracker import Tracker
 from tests.fakes import ListSink
 
 IMAGE = np.zeros((32, 32, 3), np.uint8)

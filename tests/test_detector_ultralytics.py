@@ -11,11 +11,11 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from pydantic import ValidationError
 
 from agent.config import DetectorConfig
-from agent.detector import Detector, OnnxDetector, load_detector
-from agent.detector.families import SPECS
-from agent.detector.session import class_thresholds
 from agent.domain import COCO_LABELS
 from agent.errors import ConfigError, DetectorError, ModelError
+from agent.vision.detector import Detector, OnnxDetector, load_detector
+from agent.vision.detector.families import SPECS
+from agent.vision.detector.session import class_thresholds
 from tests.onnx_synth import Row, constant_model, yolov5_output, yolov8_output
 
 PERSON, CAR, BUS, DOG = (COCO_LABELS.index(n) for n in ("person", "car", "bus", "dog"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OnvifError
-from agent.onvif import parse_probe_matches, parse_xml, password_digest, probe_message
+from agent.tools.onvif import parse_probe_matches, parse_xml, password_digest, probe_message
 from tests.onvif_responder import FakeProfile, OnvifCamera
 
 PASSWORD = "s3cret!pass"

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from agent.cli import main
-from agent.draw import OBJECT_MASK, ZONE
+from agent.tools.draw import OBJECT_MASK, ZONE
 from tests.conftest import MEDIA
 
 PRIVACY = [[0.75, 0.1], [1.0, 0.1], [1.0, 0.5], [0.75, 0.5]]

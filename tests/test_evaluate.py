@@ -8,7 +8,7 @@ import pytest
 
 from agent.cli import main
 from agent.errors import ConfigError
-from agent.evaluate import EventSpan, Visit, format_visits, read_labels, score
+from agent.tools.evaluate import EventSpan, Visit, format_visits, read_labels, score
 from tests.conftest import MEDIA, MODELS
 
 LABELS = Path(__file__).parent / "data" / "labels"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from agent.domain import Frame, SnapshotRequest, Track
-from agent.events import EventBuilder
-from agent.snapshot import render
+from agent.vision.events import EventBuilder
+from agent.vision.snapshot import render
 from tests.conftest import MEDIA
 
 HD_CLIP = MEDIA / "degirum_TrafficHD_short.mp4"  # real 1080p traffic footage, 20 frames

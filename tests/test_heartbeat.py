@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from agent.heartbeat import (
+from agent.node.heartbeat import (
     Heartbeat,
     HeartbeatThread,
     LinkHeartbeat,
     OutboxHeartbeat,
     PsutilProbe,
 )
-from agent.metrics import PipelineCounters
+from agent.vision.metrics import PipelineCounters
 from tests.fakes import FakeLink, FakeProbe
 
 

@@ -12,16 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.assembly import detector_config
-from agent.assembly import make_pipeline as assemble
-from agent.capture import CaptureThread
+from agent.capture.thread import CaptureThread
 from agent.config import CameraConfig, DetectorConfig, load_settings
-from agent.detector import load_detector
-from agent.detector.session import choose_providers
-from agent.detector_service import DetectorService
 from agent.domain import Frame
-from agent.metrics import PipelineCounters
-from agent.pipeline import CameraPipeline, CameraWorker
+from agent.vision.assembly import detector_config
+from agent.vision.assembly import make_pipeline as assemble
+from agent.vision.detector import load_detector
+from agent.vision.detector.session import choose_providers
+from agent.vision.detector_service import DetectorService
+from agent.vision.metrics import PipelineCounters
+from agent.vision.pipeline import CameraPipeline, CameraWorker
 from bench.light_agent import max_runs_per_s
 from bench.regions import compare_regions
 from tests.conftest import MEDIA, MODELS
@@ -48,7 +48,7 @@ def agent_detector():
 def make_pipeline(
     detector, *, gated: bool, wait: bool = True, camera: str = "cam", detect_fps: float = 5.0
 ):
-    """The camera pipeline exactly as the agent builds it (agent.assembly)."""
+    """The camera pipeline exactly as the agent builds it (agent.vision.assembly)."""
     settings = settings_for(camera, gated=gated, detect_fps=detect_fps)
     sink = ListSink()
     p = assemble(settings, settings.cameras[0], detector, sink, PipelineCounters(), wait=wait)

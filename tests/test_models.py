@@ -19,7 +19,7 @@ import pytest
 
 from agent.cli import main
 from agent.config import DetectorConfig, load_settings
-from agent.models import (
+from agent.tools.models import (
     DEFAULT_MODEL_FILE,
     MANIFEST,
     MODEL_DIR_ENV,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from agent.domain import Track
-from agent.gate import GateParams, Reason, decide, reason
-from agent.motion import MotionDetector, MotionParams, MotionResult
-from agent.regions import Region, region_for
+from agent.vision.gate import GateParams, Reason, decide, reason
+from agent.vision.motion import MotionDetector, MotionParams, MotionResult
+from agent.vision.regions import Region, region_for
 
 W, H = 640, 360
 

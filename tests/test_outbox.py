@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import OutboxConfig
+from agent.delivery.outbox import Outbox, OutMessage, seq_ranges
 from agent.domain import OpenVisit
 from agent.errors import OutboxError
-from agent.outbox import Outbox, OutMessage, seq_ranges
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -123,7 +123,7 @@ def test_bound_drops_oldest_snapshots_first_then_events(
 ) -> None:
     cfg = OutboxConfig(path=tmp_path / "o.db", max_bytes=2 * MiB, synchronous="NORMAL")
     ob = Outbox.open(cfg)
-    with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+    with caplog.at_level(logging.WARNING, logger="agent.delivery.outbox"):
         for i in range(60):  # ~2.5 MB of snapshots and 60 KB of events
             ob.put([event(i), snapshot(i)])
     st = ob.stats()
@@ -197,7 +197,7 @@ def test_corrupt_file_is_quarantined_and_a_fresh_outbox_starts(
     else:
         _garble(cfg.path, 3 * 4096, 8 * 4096)
     before = cfg.path.read_bytes()
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="agent.delivery.outbox"):
         ob = Outbox.open(cfg)
     st = ob.stats()
     assert st.quarantined == 1
@@ -276,7 +276,7 @@ import os, sys
 from pathlib import Path
 from agent.config import OutboxConfig
 from agent.domain import OpenVisit
-from agent.outbox import Outbox, OutMessage, seq_ranges
+from agent.delivery.outbox import Outbox, OutMessage, seq_ranges
 ob = Outbox.open(OutboxConfig(path=Path(sys.argv[1])))
 i = 0
 while True:
@@ -329,7 +329,7 @@ subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(d)], ch
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
 from agent.domain import OpenVisit
-from agent.outbox import Outbox, OutMessage, seq_ranges
+from agent.delivery.outbox import Outbox, OutMessage, seq_ranges
 (d / "filler").write_bytes(b"x" * 1_000_000)
 ob = Outbox.open(OutboxConfig(path=d / "o.db", max_bytes=1024 * 1024))
 ok, error = [], None

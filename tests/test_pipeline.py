@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import FrameSlot
+from agent.capture.thread import FrameSlot
 from agent.config import DetectorConfig, EventsConfig
-from agent.detector import load_detector
 from agent.domain import COCO_LABELS, Detections, Frame
-from agent.events import EventBuilder
-from agent.metrics import PipelineCounters
-from agent.pipeline import CameraPipeline, CameraWorker
-from agent.tracker import Tracker
+from agent.vision.detector import load_detector
+from agent.vision.events import EventBuilder
+from agent.vision.metrics import PipelineCounters
+from agent.vision.pipeline import CameraPipeline, CameraWorker
+from agent.vision.tracker import Tracker
 from tests.conftest import MEDIA, MODELS
 from tests.fakes import FakeDetector, ListSink
 

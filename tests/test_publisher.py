@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
+from agent.contract import Topics
+from agent.delivery.mqtt_link import MqttLink, backoff_delay
+from agent.delivery.outbox import Outbox, OutMessage
+from agent.delivery.publisher import Publisher
 from agent.errors import ConfigError
-from agent.mqtt_link import MqttLink, backoff_delay
-from agent.outbox import Outbox, OutMessage
-from agent.publisher import Publisher
 from tests.mqtt_support import Mosquitto, Received, Subscriber  # `broker`: tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +259,7 @@ def test_refused_connection_is_logged_once_and_retried_with_backoff(
     b = Mosquitto(tmp_path / "closed", anonymous=False)
     b.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="agent.mqtt_link"):
+        with caplog.at_level(logging.WARNING, logger="agent.delivery.mqtt_link"):
             agent = agents(b.port)
             agent.put(0)
             assert wait_until(lambda: agent.link.status().refused >= 3, 5)

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig
-from agent.outbox import Outbox, OutMessage
-from agent.publisher import Publisher, classify_refusal
+from agent.contract import Topics
+from agent.delivery.outbox import Outbox, OutMessage
+from agent.delivery.publisher import Publisher, classify_refusal
 from tests.fakes import FakeLink
 
 

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
+from agent.capture.sources import describe
 from agent.config import CameraConfig, known_secrets, load_settings
-from agent.logs import setup_logging
-from agent.redact import RedactingFilter, redact, redact_url, source_secrets
-from agent.sources import describe
+from agent.node.logs import setup_logging
+from agent.node.redact import RedactingFilter, redact, redact_url, source_secrets
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.capture import Backoff, CaptureThread
+from agent.capture.thread import Backoff, CaptureThread
 from agent.config import CameraConfig
 from tests.conftest import MEDIA
 from tests.rtsp_server import RtspServer

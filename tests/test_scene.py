@@ -10,9 +10,9 @@ import pytest
 from agent.cli import main
 from agent.config import CameraConfig, ObjectFilterConfig, ZoneConfig
 from agent.domain import COCO_LABELS, Detections, EventType, Frame, Track
-from agent.events import EventBuilder
-from agent.geometry import contains, polygon_problem
-from agent.scene import CameraScene, PrivacyMask, keep_detections
+from agent.vision.events import EventBuilder
+from agent.vision.geometry import contains, polygon_problem
+from agent.vision.scene import CameraScene, PrivacyMask, keep_detections
 
 SQUARE = [(0.2, 0.2), (0.6, 0.2), (0.6, 0.6), (0.2, 0.6)]
 W, H = 100, 100

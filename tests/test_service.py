@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.capture import CaptureThread
+from agent.capture.thread import CaptureThread
 from agent.errors import SourceFinished
-from agent.liveness import Liveness, beat_state
-from agent.service import Supervisor, status_line
-from agent.systemd import SdNotifier, notify_address, watchdog_interval_s
+from agent.node.liveness import Liveness, beat_state
+from agent.node.service import Supervisor, status_line
+from agent.node.systemd import SdNotifier, notify_address, watchdog_interval_s
 from tests.fakes import FakeClock, FakeNotifier, FakeSource
 from tests.notify_support import NotifySocket
 

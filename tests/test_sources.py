@@ -15,11 +15,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agent.capture import Backoff, CaptureThread, FrameSlot, SourceStatus
-from agent.config import CameraConfig
-from agent.domain import Frame
-from agent.errors import SourceError, SourceFinished
-from agent.sources import (
+from agent.capture.sources import (
     RTSP_DEFAULTS,
     GstPipeSource,
     MediaTimeline,
@@ -32,6 +28,10 @@ from agent.sources import (
     source_kind,
     with_password,
 )
+from agent.capture.thread import Backoff, CaptureThread, FrameSlot, SourceStatus
+from agent.config import CameraConfig
+from agent.domain import Frame
+from agent.errors import SourceError, SourceFinished
 from tests.conftest import MEDIA
 from tests.fakes import FakeClock, FakeSource
 
@@ -348,7 +348,7 @@ def test_realtime_file_drops_for_a_slow_consumer(threads: list[CaptureThread]) -
 def test_missing_file_reconnects_with_backoff(
     threads: list[CaptureThread], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.capture")
+    caplog.set_level(logging.WARNING, logger="agent.capture.thread")
     cfg = CameraConfig(id="gone", source="/nonexistent/clip.mp4")
     cap = start(threads, CaptureThread.for_camera(cfg, backoff=FAST))
     assert wait_for(lambda: cap.status().reconnects >= 3)
@@ -448,7 +448,7 @@ def test_stop_releases_a_producer_blocked_on_a_lossless_slot() -> None:
 def test_unexpected_error_is_caught_logged_and_counted(
     threads: list[CaptureThread], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="agent.capture")
+    caplog.set_level(logging.ERROR, logger="agent.capture.thread")
     src = FakeSource(crash_at=5)
     cap = start(threads, CaptureThread(src, backoff=FAST))
     assert wait_for(lambda: cap.status().internal_errors == 1 and cap.status().frames_in > 10)

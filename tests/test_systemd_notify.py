@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localbroker import free_port
+from agent.tools.localbroker import free_port
 from tests.conftest import MEDIA, MODELS
 from tests.mqtt_support import Mosquitto
 from tests.notify_support import NotifySocket

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from agent.config import DetectorConfig
-from agent.detector import load_detector
 from agent.domain import COCO_LABELS, Detections
-from agent.tiling import TiledDetector, detect_in_regions, tile_regions
+from agent.vision.detector import load_detector
+from agent.vision.tiling import TiledDetector, detect_in_regions, tile_regions
 from tests.conftest import MEDIA, MODELS
 from tests.fakes import FakeDetector
 

@@ -26,14 +26,14 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from agent.cli import _parser, main, tail_mqtt_config
-from agent.codec import Topics
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
+from agent.contract import Topics
+from agent.delivery.mqtt_link import MqttLink
+from agent.delivery.outbox import Outbox, OutMessage
+from agent.delivery.publisher import Publisher
+from agent.delivery.tls import build_context
 from agent.errors import ConfigError
-from agent.mqtt_link import MqttLink
-from agent.outbox import Outbox, OutMessage
-from agent.publisher import Publisher
-from agent.tail import Tail
-from agent.tls import build_context
+from agent.tools.tail import Tail
 from tests.conftest import MODELS
 from tests.mqtt_support import BrokerTls, Mosquitto, Subscriber
 from tests.tls_support import BROKER_NAME, Ca, Issued
@@ -294,7 +294,7 @@ def test_expired_client_certificate_is_named_outbox_kept_then_delivered(
     sub = subscriber(broker_mtls.port, pki)
     expired = pki.ca.issue(NODE, expired=True)
     try:
-        with caplog.at_level(logging.WARNING, logger="agent.mqtt_link"):
+        with caplog.at_level(logging.WARNING, logger="agent.delivery.mqtt_link"):
             agent = agents(broker_mtls.port, tls=pki.tls(expired))
             sent = [agent.put(i) for i in range(3)]
             # retried with backoff; the broker's alert names the reason (now and then the
@@ -330,7 +330,7 @@ def test_untrusted_broker_is_named_and_delivery_resumes_once_fixed(tmp_path, pki
     sub = Subscriber(b.port, f"{BASE}/#", persistent=True,
                      tls=build_context(pki.tls(pki.server, ca_file=both)))  # fmt: skip
     try:
-        with caplog.at_level(logging.WARNING, logger="agent.mqtt_link"):
+        with caplog.at_level(logging.WARNING, logger="agent.delivery.mqtt_link"):
             agent = agents(b.port, tls=pki.tls(pki.node))
             sent = agent.put(1)
             assert wait_until(lambda: attempts(b) >= 3, 15)
@@ -582,7 +582,7 @@ def test_tail_names_the_bad_option(tmp_path, pki, capsys):
 def test_tail_names_why_it_cannot_connect(broker_mtls, pki, caplog, case, why):
     tls = pki.tls() if case == "no client certificate" else pki.tls(pki.server, server_name="x.lan")
     t = Tail("127.0.0.1", broker_mtls.port, "camnet/#", lambda _line: None, tls=build_context(tls))
-    with caplog.at_level(logging.WARNING, logger="agent.tail"):
+    with caplog.at_level(logging.WARNING, logger="agent.tools.tail"):
         t.start()
         try:
             assert wait_until(lambda: str(t.last_error).startswith(why), 10)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from agent.domain import COCO_LABELS, Detections, EndReason, EventType, Frame, OpenVisit
-from agent.events import EventBuilder, moved, normalise, restart_end, snapshot_quality
-from agent.tracker import Tracker, greedy_match, iou_matrix
+from agent.vision.events import EventBuilder, moved, normalise, restart_end, snapshot_quality
+from agent.vision.tracker import Tracker, greedy_match, iou_matrix
 
 W, H = 640, 480
 IMAGE = np.zeros((H, W, 3), np.uint8)

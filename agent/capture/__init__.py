@@ -1,0 +1,1 @@
+"""Camera sources and the capture thread: frames in."""

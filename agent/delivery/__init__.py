@@ -1,0 +1,1 @@
+"""From visits to the broker: the durable outbox, the publisher, the MQTT link."""

@@ -1,0 +1,1 @@
+"""The running box: wiring, heartbeat, liveness, systemd, clock, logs."""

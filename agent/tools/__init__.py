@@ -1,0 +1,1 @@
+"""Commands beside ``run``: demo, detect, discover, evaluate, draw, models, tail."""

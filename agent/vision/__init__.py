@@ -1,0 +1,1 @@
+"""From frames to visits: detector, motion gate, tracker, events, snapshots."""
