@@ -41,18 +41,25 @@ from agent.domain import BoxPx, Detections, Track
 FloatArray = npt.NDArray[np.float64]
 
 
-def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
-    """IoU of every box in ``a`` [N,4] with every box in ``b`` [M,4] (xyxy)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
+def _intersections(a: FloatArray, b: FloatArray) -> FloatArray:
+    """The intersection area of every box in ``a`` [N,4] with every box in ``b`` [M,4]."""
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
+    return np.asarray(np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None))
+
+
+def _areas(boxes: FloatArray) -> FloatArray:
+    return np.asarray((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+
+
+def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
+    """IoU of every box in ``a`` [N,4] with every box in ``b`` [M,4] (xyxy)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter = _intersections(a, b)
+    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
@@ -60,13 +67,7 @@ def containment(a: FloatArray, b: FloatArray) -> FloatArray:
     """The fraction of each box in ``a`` [N,4] that lies inside each box in ``b`` [M,4]."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    return np.asarray(inter / np.maximum(area_a[:, None], 1e-9))
+    return np.asarray(_intersections(a, b) / np.maximum(_areas(a)[:, None], 1e-9))
 
 
 def centre_distance(a: FloatArray, b: FloatArray) -> FloatArray:
