@@ -26,7 +26,7 @@ from bench.common import rate
 OUTBOX_IMPORT_ERROR = ""
 outbox_module: ModuleType | None
 try:  # the outbox is written in parallel with the benchmark: skip its section if absent
-    from agent import outbox as _imported
+    from agent.delivery import outbox as _imported
 
     outbox_module = _imported
 except ImportError as exc:

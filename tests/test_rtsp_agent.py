@@ -300,7 +300,7 @@ def test_camera_password_never_leaves_the_box(
 
 
 RETRY_LINE = re.compile(
-    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING \S+ agent\.capture: "
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING \S+ agent\.capture\.thread: "
     r"door \(.*\): .*; retrying in (?P<delay>[\d.]+) s \(attempt (?P<attempt>\d+)\)$"
 )
 

@@ -34,7 +34,7 @@ def shared_dir() -> Path:
     """``../shared`` beside the checkout (or ``$EDGE_AGENT_SHARED``)."""
     env = os.environ.get("EDGE_AGENT_SHARED")
     candidates = [Path(env)] if env else []
-    candidates += [Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared"]
+    candidates += [Path.cwd().parent / "shared", Path(__file__).resolve().parents[3] / "shared"]
     for c in candidates:
         if (c / MODEL).is_file():
             return c

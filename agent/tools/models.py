@@ -27,7 +27,7 @@ from agent.errors import ConfigError, ModelError
 DEFAULT_MODEL_DIR = Path("/var/lib/edge-agent/models")
 MODEL_DIR_ENV = "EDGE_AGENT_MODEL_DIR"
 DEFAULT_MODEL_FILE = "yolox_nano_416.onnx"  # the manifest's default (a test keeps them equal)
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+MANIFEST = Path(__file__).resolve().parents[2] / "models" / "manifest.json"
 _CHUNK = 1 << 16
 
 Status = Literal["installed", "missing", "mismatch"]
