@@ -10,6 +10,7 @@ tests/conftest.py; a module may also import it explicitly::
 
 from __future__ import annotations
 
+import json
 import signal
 import ssl
 import subprocess
@@ -26,6 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.delivery.mqtt_link import MqttLink
+from agent.delivery.outbox import Outbox, OutMessage
+from agent.delivery.publisher import Publisher
 from agent.tools.localbroker import LocalBroker
 
 
@@ -182,3 +186,28 @@ class Subscriber:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+@dataclass
+class DeliveryAgent:
+    """The agent's delivery path (outbox -> publisher -> link) under test; ``base`` is its
+    topic tree, ``offline`` its clean-shutdown status."""
+
+    outbox: Outbox
+    link: MqttLink
+    publisher: Publisher
+    base: str
+    offline: bytes
+
+    def put(self, i: int, size: int = 0, topic: str | None = None) -> str:
+        """Commit event ``m{i:04d}`` (padded by ``size`` bytes); its message id."""
+        msg_id = f"m{i:04d}"
+        body = json.dumps({"id": msg_id, "pad": "x" * size}).encode()
+        topic = topic or f"{self.base}/events"
+        self.outbox.put([OutMessage("event", topic, body, 1, msg_id, f"ev{i}")])
+        return msg_id
+
+    def stop(self) -> None:
+        self.publisher.stop()
+        self.link.stop(self.offline)
+        self.outbox.close()

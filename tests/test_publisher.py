@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from agent.delivery.mqtt_link import MqttLink, backoff_delay
 from agent.delivery.outbox import Outbox, OutMessage
 from agent.delivery.publisher import Publisher
 from agent.errors import ConfigError
-from tests.mqtt_support import Mosquitto, Received, Subscriber  # `broker`: tests/conftest.py
+from tests.mqtt_support import DeliveryAgent, Mosquitto, Received, Subscriber  # `broker`: conftest
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "camnet/c1/n1"
@@ -35,33 +34,15 @@ def online() -> bytes:
     return json.dumps({"state": "online", "ts": time.time()}).encode()
 
 
-@dataclass
-class Agent:
-    outbox: Outbox
-    link: MqttLink
-    publisher: Publisher
-
-    def put(self, i: int, size: int = 0, topic: str = f"{BASE}/events") -> str:
-        msg_id = f"m{i:04d}"
-        body = json.dumps({"id": msg_id, "pad": "x" * size}).encode()
-        self.outbox.put([OutMessage("event", topic, body, 1, msg_id, f"ev{i}")])
-        return msg_id
-
-    def stop(self) -> None:
-        self.publisher.stop()
-        self.link.stop(OFFLINE)
-        self.outbox.close()
-
-
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    made: list[Agent] = []
+def agents(tmp_path: Path) -> Iterator[Callable[..., DeliveryAgent]]:
+    made: list[DeliveryAgent] = []
 
-    def make(port: int, **mqtt: Any) -> Agent:
+    def make(port: int, **mqtt: Any) -> DeliveryAgent:
         cfg = MqttConfig(port=port, reconnect_min_s=0.05, reconnect_max_s=0.3, **mqtt)
         outbox = Outbox.open(OutboxConfig(path=tmp_path / f"outbox{len(made)}.db"))
         link = MqttLink(cfg, BASE, f"edge-n{len(made)}", OFFLINE, online)
-        agent = Agent(outbox, link, Publisher(outbox, link, cfg, TOPICS))
+        agent = DeliveryAgent(outbox, link, Publisher(outbox, link, cfg, TOPICS), BASE, OFFLINE)
         link.start()
         agent.publisher.start()
         made.append(agent)
@@ -86,7 +67,7 @@ def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
 
 
 def test_rows_go_in_order_and_leave_only_after_puback(
-    broker: Mosquitto, agents: Callable[..., Agent]
+    broker: Mosquitto, agents: Callable[..., DeliveryAgent]
 ) -> None:
     sub = Subscriber(broker.port, f"{BASE}/#")
     agent = agents(broker.port)
@@ -119,7 +100,7 @@ def test_rows_go_in_order_and_leave_only_after_puback(
 
 
 def test_broker_killed_and_restarted_delivers_everything_once(
-    tmp_path: Path, agents: Callable[..., Agent]
+    tmp_path: Path, agents: Callable[..., DeliveryAgent]
 ) -> None:
     b = Mosquitto(tmp_path / "pbroker", persistent=True)
     b.start()
@@ -187,7 +168,7 @@ def test_status_online_retained_and_will_offline_after_sigkill(broker: Mosquitto
 
 
 def test_graceful_stop_leaves_offline_retained(
-    broker: Mosquitto, agents: Callable[..., Agent]
+    broker: Mosquitto, agents: Callable[..., DeliveryAgent]
 ) -> None:
     agent = agents(broker.port)
     assert agent.link.wait_connected(5)
@@ -201,7 +182,7 @@ def test_graceful_stop_leaves_offline_retained(
 
 
 def test_oversized_and_refused_messages_are_dead_lettered(
-    tmp_path: Path, agents: Callable[..., Agent]
+    tmp_path: Path, agents: Callable[..., DeliveryAgent]
 ) -> None:
     b = Mosquitto(tmp_path / "acl", acl=f"topic readwrite {BASE}/#\n")
     b.start()
@@ -224,7 +205,7 @@ def test_oversized_and_refused_messages_are_dead_lettered(
 
 
 def test_heartbeats_are_not_queued_while_disconnected(
-    tmp_path: Path, agents: Callable[..., Agent]
+    tmp_path: Path, agents: Callable[..., DeliveryAgent]
 ) -> None:
     b = Mosquitto(tmp_path / "late")  # not started yet: the agent cannot connect
     agent = agents(b.port)
@@ -254,7 +235,7 @@ def test_heartbeats_are_not_queued_while_disconnected(
 
 
 def test_refused_connection_is_logged_once_and_retried_with_backoff(
-    tmp_path: Path, agents: Callable[..., Agent], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, agents: Callable[..., DeliveryAgent], caplog: pytest.LogCaptureFixture
 ) -> None:
     b = Mosquitto(tmp_path / "closed", anonymous=False)
     b.start()

@@ -35,7 +35,7 @@ from agent.delivery.tls import build_context
 from agent.errors import ConfigError
 from agent.tools.tail import Tail
 from tests.conftest import MODELS
-from tests.mqtt_support import BrokerTls, Mosquitto, Subscriber
+from tests.mqtt_support import BrokerTls, DeliveryAgent, Mosquitto, Subscriber
 from tests.tls_support import BROKER_NAME, Ca, Issued
 
 COMMUNE, NODE = "c1", "n1"
@@ -113,34 +113,16 @@ def subscriber(port: int, pki: Pki, topic: str = "camnet/#") -> Subscriber:
     return Subscriber(port, topic, tls=build_context(pki.tls(pki.server)))
 
 
-@dataclass
-class Agent:
-    outbox: Outbox
-    link: MqttLink
-    publisher: Publisher
-
-    def put(self, i: int) -> str:
-        msg_id = f"m{i:04d}"
-        body = json.dumps({"id": msg_id}).encode()
-        self.outbox.put([OutMessage("event", f"{BASE}/events", body, 1, msg_id, f"ev{i}")])
-        return msg_id
-
-    def stop(self) -> None:
-        self.publisher.stop()
-        self.link.stop(OFFLINE)
-        self.outbox.close()
-
-
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+def agents(tmp_path: Path) -> Iterator[Callable[..., DeliveryAgent]]:
     """The agent's delivery path (outbox -> publisher -> link) with a given mqtt section."""
-    made: list[Agent] = []
+    made: list[DeliveryAgent] = []
 
-    def make(port: int, *, outbox: str = "outbox.db", **mqtt: Any) -> Agent:
+    def make(port: int, *, outbox: str = "outbox.db", **mqtt: Any) -> DeliveryAgent:
         cfg = MqttConfig(port=port, reconnect_min_s=0.05, reconnect_max_s=0.3, **mqtt)
         box = Outbox.open(OutboxConfig(path=tmp_path / outbox))
         link = MqttLink(cfg, BASE, f"edge-{NODE}", OFFLINE, online)
-        agent = Agent(box, link, Publisher(box, link, cfg, TOPICS))
+        agent = DeliveryAgent(box, link, Publisher(box, link, cfg, TOPICS), BASE, OFFLINE)
         link.start()
         agent.publisher.start()
         made.append(agent)
