@@ -278,7 +278,8 @@ class Outbox:
             self._account([(0, m.kind, len(m.payload)) for m in msgs], +1)
             self._account(dropped, -1)
             self._gaps += len(dropped)
-            self._visits = self._conn.execute("SELECT count(*) FROM visits").fetchone()[0]
+            if visit is not None or closes is not None:  # else the visits table is unchanged
+                self._visits = self._conn.execute("SELECT count(*) FROM visits").fetchone()[0]
             for rowid, kind, _ in dropped:
                 self._counters[f"dropped_{kind}s"] += 1
                 self._floor[kind] = max(self._floor[kind], rowid)

@@ -242,7 +242,8 @@ class Publisher:
     def _collect_acks(self) -> None:
         for mid, ok, reason, code in self._link.acks():
             if self._gap is not None and mid == self._gap[0]:
-                self._gap_acked(ok, reason)
+                report, self._gap = self._gap[1], None
+                self._gap_acked(report, ok, reason)
                 continue
             row = self._inflight.pop(mid, None)
             if row is None:
@@ -359,10 +360,7 @@ class Publisher:
         if mid is not None:
             self._gap = (mid, report)
 
-    def _gap_acked(self, ok: bool, reason: str) -> None:
-        assert self._gap is not None
-        _, report = self._gap
-        self._gap = None
+    def _gap_acked(self, report: GapReport, ok: bool, reason: str) -> None:
         if ok:
             self._outbox.clear_gaps(report.upto)
             self._gaps_sent += 1
