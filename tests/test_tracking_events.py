@@ -9,7 +9,7 @@ import pytest
 
 from agent.domain import COCO_LABELS, Detections, EndReason, EventType, Frame, OpenVisit
 from agent.vision.events import EventBuilder, moved, normalise, restart_end, snapshot_quality
-from agent.vision.tracker import Tracker, greedy_match, iou_matrix
+from agent.vision.tracker import Tracker, greedy_match, iou_matrix, slope
 
 W, H = 640, 480
 IMAGE = np.zeros((H, W, 3), np.uint8)
@@ -461,3 +461,65 @@ def test_centre_fallback_only_bridges_short_gaps(gap_s, same_track):
     seen = [t for t in later if t.seen_now]
     assert len(seen) == 1
     assert (seen[0].track_id == first.track_id) is same_track
+
+
+# ---------------------------------------------------------------- the same at any detect_fps
+
+
+@pytest.mark.parametrize(
+    ("name", "points", "expected"),
+    [
+        ("one point: no speed", [(0.0, (10, 10, 5, 5))], (0, 0, 0, 0)),
+        ("two points", [(0.0, (10, 10, 5, 5)), (0.5, (20, 10, 5, 6))], (20, 0, 0, 2)),
+        ("30 px/s at 10 fps", [(k / 10, (3 * k, 0, 9, 9)) for k in range(10)], (30, 0, 0, 0)),
+        ("1 px jitter at 10 fps", [(k / 10, (k % 2, 0, 9, 9)) for k in range(10)], (0, 0, 0, 0)),
+        ("same time twice", [(1.0, (0, 0, 1, 1)), (1.0, (9, 9, 1, 1))], (0, 0, 0, 0)),
+    ],
+)  # fmt: skip
+def test_slope(name, points, expected):
+    got = slope([(t, np.array(v, float)) for t, v in points])
+    assert got == pytest.approx(np.array(expected, float), abs=1.0), name
+
+
+@pytest.mark.parametrize("fps", [2.5, 5.0, 10.0])
+def test_a_flicker_kept_up_by_faint_boxes_never_becomes_an_object(fps):
+    """A tree trunk: a person-like box scored high once a second, faint in between. Faint
+    boxes keep confirmed tracks alive, never tentative ones, so no rate makes it an object
+    (kept alive by them, it would collect ``min_hits`` high boxes at any rate)."""
+    tr = make_tracker(high_score=0.5, min_confirm_s=0.8)
+    trunk = box_at(100)
+    for k in range(int(6 * fps)):
+        t = k / fps
+        score = 0.6 if abs(t - round(t)) < 1e-9 else 0.3
+        out = tr.update(dets(("person", trunk, score)), t)
+        assert not any(tr_.confirmed for tr_ in out), (fps, t)
+
+
+@pytest.mark.parametrize("fps", [2.5, 5.0, 10.0])
+@pytest.mark.parametrize(
+    ("own_box", "keeps_place"),
+    [
+        (0.4, True),  # its own box dips below high_score: it keeps that one
+        (None, False),  # no box of its own at all: the nearest high box (centre fallback)
+    ],
+)
+def test_a_parked_car_keeps_its_faint_box_over_its_neighbours_bright_one(fps, own_box, keeps_place):
+    """Cars parked in a row, boxes jittering by a pixel: the first is tracked, its neighbour
+    (overlapping it by IoU 0.27) only faintly detected. When the neighbour scores high and the
+    first car's own box is faint, the first track stays on its car at any rate: pixel jitter
+    is no speed, and a still track prefers its own faint box to a neighbour's bright one."""
+    tr = make_tracker(high_score=0.5, max_lost_s=4.0)
+    car = (284.0, 108.0, 309.0, 131.0)
+    neighbour = (268.0, 99.0, 300.0, 128.0)
+    n = int(3 * fps)
+    for k in range(n):
+        j = k % 2  # one pixel of jitter
+        car_k = (car[0] + j, car[1], car[2] + j, car[3])
+        tr.update(dets(("car", car_k, 0.6), ("car", neighbour, 0.3)), k / fps)
+    frame_dets = [("car", neighbour, 0.55)]
+    if own_box is not None:
+        frame_dets.append(("car", car, own_box))
+    out = {t.track_id: t for t in tr.update(dets(*frame_dets), n / fps)}
+    stayed = out[1].box == pytest.approx(car)
+    assert stayed is keeps_place
+    assert (2 in out) is keeps_place  # the neighbour then gets a track of its own

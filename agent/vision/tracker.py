@@ -2,9 +2,12 @@
 
 ByteTrack's idea on top of a constant-velocity motion model:
 
-- every track predicts where its box is now (centre and size moving at the velocity it was
-  last seen at, smoothed by ``velocity_gain``, for at most ``max_predict_s``; a stopped object
-  has no velocity, so a car waiting at a junction stays where it stopped);
+- every track predicts where its box is now (centre and size moving at its velocity for at
+  most ``max_predict_s``). The velocity is the least-squares slope of the boxes seen in the
+  last ``velocity_window_s``, not a difference of two frames: a box jittering by a pixel
+  between frames is no speed at any ``detect_fps``, so a parked car stays still and its
+  prediction does not slide onto the next car in the row; a stopped object has no velocity,
+  so a car waiting at a junction stays where it stopped;
 - pass 1: *high-score* detections (score >= the label's ``high_score``) are matched to the
   predicted boxes by IoU >= ``iou_match`` (``still_iou`` for a track that has stopped, slower
   than ``still_speed`` box diagonals per second: a car driving past a parked one, hiding it,
@@ -29,8 +32,8 @@ survives ``max_lost_s`` unseen (a missed detection or two never splits a visit).
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +104,18 @@ def greedy_match(
     return pairs, rows, cols
 
 
+def slope(points: Sequence[tuple[float, FloatArray]]) -> FloatArray:
+    """The least-squares rate of change of the values over the times; zero for fewer than two
+    distinct times."""
+    ts = np.array([p[0] for p in points], dtype=np.float64)
+    if len(ts) < 2 or np.ptp(ts) <= 0:
+        return np.zeros(4)
+    values = np.array([p[1] for p in points], dtype=np.float64)
+    dt = ts - ts.mean()
+    rate: FloatArray = (dt @ (values - values.mean(axis=0))) / float(dt @ dt)
+    return rate
+
+
 def to_cxcywh(box: FloatArray) -> FloatArray:
     x1, y1, x2, y2 = box
     return np.array([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
@@ -122,6 +137,7 @@ class _State:
     hits: int = 1
     votes: Counter[str] = field(default_factory=Counter)
     velocity: FloatArray = field(default_factory=lambda: np.zeros(4))
+    seen: deque[tuple[float, FloatArray]] = field(default_factory=deque)  # (t, cx cy w h)
     confirmed: bool = False
 
     @property
@@ -164,7 +180,7 @@ class Tracker:
         high_score: float = 0.0,
         label_high_score: Mapping[str, float] | None = None,
         low_iou_match: float = 0.3,
-        velocity_gain: float = 0.5,
+        velocity_window_s: float = 1.0,
         max_predict_s: float = 1.0,
         max_contained: float = 0.8,
         min_confirm_s: float = 0.0,
@@ -182,7 +198,7 @@ class Tracker:
         self.high_score = high_score
         self.label_high_score = dict(label_high_score or {})
         self.low_iou_match = low_iou_match
-        self.velocity_gain = velocity_gain
+        self.velocity_window_s = velocity_window_s
         self.max_predict_s = max_predict_s
         self.max_contained = max_contained
         self.min_confirm_s = min_confirm_s
@@ -229,23 +245,36 @@ class Tracker:
         predicted = np.array([s.predict(t, self.max_predict_s) for s in tracks]).reshape(-1, 4)
         xyxy = dets.xyxy.astype(np.float64)
         seen: set[int] = set()
-        # pass 1: high-score detections against every track
         still = np.array([self._still(s) for s in tracks], dtype=bool)
-        fresh = np.array([t - s.last_ts <= self.centre_gap_s for s in tracks], dtype=bool)
-        pairs, t_left, d_left = self._match(predicted, xyxy[high], still, fresh)
-        for r, c in pairs:
-            i = high[c]
-            self._hit(tracks[r], xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=True)
+        fresh = [t - s.last_ts <= self.centre_gap_s for s in tracks]
+
+        def hit(r: int, i: int, *, vote: bool) -> None:
+            self._hit(tracks[r], xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=vote)
             seen.add(tracks[r].track_id)
-        # pass 2: low-score detections keep the remaining tracks alive (IoU only)
-        if low and t_left:
-            tl = sorted(t_left)
-            low_iou = self._still_gate(iou_matrix(predicted[tl], xyxy[low]), still[tl])
+
+        # pass 1: high-score detections by IoU, then moving tracks by nearest centre
+        iou = self._still_gate(iou_matrix(predicted, xyxy[high]), still)
+        pairs, t_left, d_left = greedy_match(iou, self.iou_match)
+        moving = [r for r in sorted(t_left) if not still[r] and fresh[r]]
+        pairs += self._centre_pass(predicted, xyxy[high], moving, d_left, t_left)
+        for r, c in pairs:
+            hit(r, high[c], vote=True)
+        # pass 2: low-score detections keep the remaining confirmed tracks alive (IoU only)
+        confirmed = sorted(r for r in t_left if tracks[r].confirmed)
+        if low and confirmed:
+            low_iou = self._still_gate(
+                iou_matrix(predicted[confirmed], xyxy[low]), still[confirmed]
+            )
             lp, _, _ = greedy_match(low_iou, self.low_iou_match)
             for r, c in lp:
-                i, state = low[c], tracks[tl[r]]
-                self._hit(state, xyxy[i], float(dets.scores[i]), dets.label(i), t, vote=False)
-                seen.add(state.track_id)
+                hit(confirmed[r], low[c], vote=False)
+            t_left -= {confirmed[r] for r, _ in lp}
+        # pass 3: a still track takes a nearby high-score box only if it has no faint box of its
+        # own: a parked car whose detection dips below high_score for a frame must not take
+        # the bright box of the car parked next to it
+        parked = [r for r in sorted(t_left) if still[r] and fresh[r]]
+        for r, c in self._centre_pass(predicted, xyxy[high], parked, d_left, t_left):
+            hit(r, high[c], vote=True)
         # new tracks from the high-score detections nobody claimed, unless a part of a tracked
         # object (the cab of a pickup, the bed of it: detectors split big close objects)
         inside = containment(xyxy[high], predicted).max(axis=1, initial=0.0)
@@ -254,6 +283,7 @@ class Tracker:
             if inside[c] >= self.max_contained:
                 continue
             state = _State(self._next_id, xyxy[i], float(dets.scores[i]), t, t)
+            state.seen.append((t, to_cxcywh(xyxy[i])))
             state.votes[dets.label(i)] += 1
             self._tracks.append(state)
             seen.add(state.track_id)
@@ -285,42 +315,38 @@ class Tracker:
             kept.append(i)
         return sorted(kept)
 
-    def _match(
+    def _centre_pass(
         self,
         predicted: FloatArray,
         boxes: FloatArray,
-        still: npt.NDArray[np.bool_],
-        fresh: npt.NDArray[np.bool_],
-    ) -> tuple[list[tuple[int, int]], set[int], set[int]]:
-        """IoU matching, then the nearest centre among what IoU left unmatched.
+        rows: list[int],
+        d_left: set[int],
+        t_left: set[int],
+    ) -> list[tuple[int, int]]:
+        """Tracks ``rows`` matched to the nearest unclaimed centre within ``max_centre_jump``
+        box diagonals (removed from ``d_left`` and ``t_left``).
 
-        A still track needs ``still_iou`` and takes the centre fallback only after the moving
-        tracks: a car driving past a parked one (hiding it) must not take over its track. Only
-        ``fresh`` tracks (seen in the last ``centre_gap_s``) take the fallback: it bridges a
-        jump between two detections, not someone new where another was seconds ago.
+        It bridges a jump between two detections (a car at a low ``detect_fps``); only tracks
+        seen in the last ``centre_gap_s`` take it, so it never puts a new object where another
+        was seconds ago.
         """
-        iou = self._still_gate(iou_matrix(predicted, boxes), still)
-        pairs, t_left, d_left = greedy_match(iou, self.iou_match)
-        for stopped in (False, True):  # moving tracks first: a parked car never takes
-            rows = sorted(r for r in t_left if bool(still[r]) is stopped and fresh[r])
-            if not rows or not d_left:
-                continue
-            dl = sorted(d_left)
-            closeness = -centre_distance(predicted[rows], boxes[dl])
-            extra, _, _ = greedy_match(closeness, -self.max_centre_jump)
-            pairs += [(rows[r], dl[c]) for r, c in extra]
-            t_left -= {rows[r] for r, _ in extra}
-            d_left -= {dl[c] for _, c in extra}
-        return pairs, t_left, d_left
+        if not rows or not d_left:
+            return []
+        dl = sorted(d_left)
+        closeness = -centre_distance(predicted[rows], boxes[dl])
+        extra, _, _ = greedy_match(closeness, -self.max_centre_jump)
+        pairs = [(rows[r], dl[c]) for r, c in extra]
+        t_left -= {r for r, _ in pairs}
+        d_left -= {c for _, c in pairs}
+        return pairs
 
     def _hit(
         self, state: _State, box: FloatArray, score: float, label: str, t: float, *, vote: bool
     ) -> None:
-        dt = t - state.last_ts
-        if dt > 0:
-            measured = (to_cxcywh(box) - to_cxcywh(state.box)) / dt
-            g = self.velocity_gain
-            state.velocity = g * measured + (1 - g) * state.velocity
+        state.seen.append((t, to_cxcywh(box)))
+        while len(state.seen) > 2 and t - state.seen[0][0] > self.velocity_window_s:
+            state.seen.popleft()
+        state.velocity = slope(state.seen)
         state.box = box
         state.score = score
         state.last_ts = t
