@@ -208,6 +208,8 @@ class DeliveryAgent:
         return msg_id
 
     def stop(self) -> None:
+        """Stop it and wait for the link thread to end, so nothing of it logs after the test
+        (a connection attempt in progress ends within the link's connect budget)."""
         self.publisher.stop()
-        self.link.stop(self.offline)
+        assert self.link.stop(self.offline, timeout=60), "the mqtt link thread did not end"
         self.outbox.close()

@@ -569,6 +569,6 @@ def test_tail_names_why_it_cannot_connect(broker_mtls, pki, caplog, case, why):
         try:
             assert wait_until(lambda: str(t.last_error).startswith(why), 10)
         finally:
-            t.stop()
+            assert t.stop(timeout=30), "the tail thread did not end"
     assert not t.subscribed.is_set()
     assert warnings_with(caplog, why)

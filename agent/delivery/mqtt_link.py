@@ -154,8 +154,9 @@ class MqttLink:
             self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
             self._thread.start()
 
-    def stop(self, graceful_offline: bytes | None = None, timeout: float = 5.0) -> None:
-        """Stop the link thread.
+    def stop(self, graceful_offline: bytes | None = None, timeout: float = 5.0) -> bool:
+        """Stop the link thread; whether it ended within ``timeout`` (it may be inside a
+        connection attempt, which ends on its own within the connect budget).
 
         With ``graceful_offline``, publish it retained on the status topic, wait briefly for
         its PUBACK and DISCONNECT normally; without, DISCONNECT with reason 4 so the broker
@@ -165,6 +166,8 @@ class MqttLink:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
     @property
     def connected(self) -> bool:

@@ -218,7 +218,8 @@ class App:
         self.heartbeat.stop()
         self.publisher.stop()
         offline = encode_status("offline", self.topics, ts=round(time.time(), 3))
-        self.link.stop(graceful_offline=offline)
+        if not self.link.stop(graceful_offline=offline):
+            log.warning("mqtt link still inside a connection attempt; not waiting for it")
         self.outbox.close()
         self.detector.close()
         return drained

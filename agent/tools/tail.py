@@ -191,10 +191,13 @@ class Tail:
         self._thread = threading.Thread(target=self._run, name="tail", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread; whether it ended within ``timeout``."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
 
 def tail(
