@@ -8,6 +8,7 @@ Needs root (chroot, debootstrap) and what scripts/ansible-deps.sh caches (``make
 from __future__ import annotations
 
 import grp
+import importlib.util
 import json
 import os
 import pwd
@@ -23,7 +24,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
+from types import ModuleType
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -480,6 +483,7 @@ def commune(deps: None) -> Iterator[Commune]:
                 "commune_broker_start_service": False,
                 "commune_broker_etc_dir": str(work / "etc"),
                 "commune_broker_data_dir": str(work / "data"),
+                "commune_broker_libexec_dir": str(work / "libexec"),
             }}}}}})
         )  # fmt: skip
         (work / "vault-password.TEST-ONLY").write_text("unused\n")
@@ -514,6 +518,65 @@ def test_broker_files_are_readable_by_the_mosquitto_user_only(commune: Commune) 
     conf = (etc / "mosquitto.conf").read_text()
     for line in ("autosave_interval 5", "max_queued_messages 100000", "require_certificate true"):
         assert f"\n{line}\n" in conf
+
+
+def test_a_configuration_mosquitto_refuses_is_not_installed(commune: Commune) -> None:
+    """A typo in a role variable: the throwaway broker of the check refuses the new
+    configuration, the play fails with Mosquitto's own error, the installed file is kept."""
+    conf = commune.dir / "etc" / "mosquitto.conf"
+    before = conf.read_bytes()
+    inventory = json.loads((commune.dir / "inventory.yml").read_text())
+    host = inventory["all"]["children"]["brokers"]["hosts"]["test-broker"]
+    host["commune_broker_tls_version"] = "tls1.2"  # Mosquitto's name is tlsv1.2
+    bad = commune.dir / "inventory-bad.yml"
+    bad.write_text(json.dumps(inventory))
+    play = run_playbook(bad, "broker.yml", log=commune.dir / "broker-bad.log")
+    assert play.rc != 0
+    assert re.search(r'Unsupported tls_version \\?"tls1\.2', play.output), play.output[-4000:]
+    assert conf.read_bytes() == before
+    assert "tlsv1.2" in before.decode()
+    assert wait_port("127.0.0.1", commune.port, 5)  # the live broker is untouched
+
+
+CHECK = ANSIBLE_DIR / "roles" / "commune_broker" / "files" / "mosquitto-check-config"
+
+
+def load_check() -> ModuleType:
+    """The role's check script (a file without .py) as a module."""
+    loader = SourceFileLoader("mosquitto_check_config", str(CHECK))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("config", "kept", "dropped", "listeners"),
+    [
+        ("listener 8883 10.0.0.2\ncafile /x\npersistence true\npid_file /run/m.pid\n",
+         ["cafile /x", "# persistence true", "# pid_file /run/m.pid"], [], 1),
+        ("allow_anonymous false\nlog_dest file /var/log/m.log\n",  # default listener: moved
+         ["allow_anonymous false", "# log_dest file /var/log/m.log"], [], 1),
+        ("listener 1883\nlistener 8883\nuser mosquitto\n", ["user mosquitto"],
+         ["listener 1883", "listener 8883"], 2),
+    ],
+)  # fmt: skip
+def test_the_check_runs_a_copy_on_free_local_ports_with_the_same_line_numbers(
+    config: str, kept: list[str], dropped: list[str], listeners: int
+) -> None:
+    text, ports = load_check().check_copy(config)
+    lines = text.splitlines()
+    original = config.splitlines()
+    for n, line in enumerate(original):  # Mosquitto's "Error found at FILE:N" stays right
+        assert lines[n].split()[0] == line.split()[0] or lines[n] == f"# {line}"
+    assert all(k in lines for k in kept)
+    assert not any(d in lines for d in dropped)
+    assert [ln for ln in lines if ln.startswith("listener ")] == [
+        f"listener {p} 127.0.0.1" for p in ports
+    ]
+    assert len(ports) == listeners
+    assert lines[-2:] == ["persistence false", "log_dest stderr"]
 
 
 class Client:
