@@ -11,13 +11,18 @@ ByteTrack's idea on top of a constant-velocity motion model:
 - pass 1: *high-score* detections (score >= the label's ``high_score``) are matched to the
   predicted boxes by IoU >= ``iou_match`` (``still_iou`` for a track that has stopped, slower
   than ``still_speed`` box diagonals per second: a car driving past a parked one, hiding it,
-  does not take over its track), then what is left by nearest centre within
-  ``max_centre_jump`` box diagonals (objects that moved far between two detections at a low
-  ``detect_fps``);
+  does not take over its track), then what is left to *moving* tracks by nearest centre
+  within ``max_centre_jump`` box diagonals (objects that moved far between two detections at
+  a low ``detect_fps``);
 - pass 2: *low-score* detections (below ``high_score``, as low as the detector returns them)
-  keep the tracks still unmatched alive when they overlap them by IoU >= ``low_iou_match``:
-  a person half hidden in a crowd, a car behind a pole. They never start a track;
-- before both passes, a detection overlapping a better one of its group by IoU above
+  keep the *confirmed* tracks still unmatched alive when they overlap them by IoU >=
+  ``low_iou_match``: a person half hidden in a crowd, a car behind a pole. They never start a
+  track and never keep a tentative one going (ByteTrack): a tree trunk scored high now and
+  then would otherwise collect ``min_hits`` at a high ``detect_fps`` and not at a low one;
+- pass 3: stopped tracks still unmatched take the nearest high-score box left. Only now: a
+  parked car whose own box dipped below ``high_score`` for a frame keeps it (pass 2) rather
+  than take the bright box of the car parked next to it;
+- before the passes, a detection overlapping a better one of its group by IoU above
   ``duplicate_iou`` is dropped (one car scored as car and truck is one object);
 - new tracks start only from unmatched high-score detections, and not from one lying mostly
   (``max_contained``) inside a tracked box of its group: detectors split big close objects
