@@ -60,6 +60,17 @@ class PlayResult:
         assert m, f"no recap for {host}:\n{self.output[-3000:]}"
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
 
+    def task(self, name: str) -> str:
+        """How task ``name`` ended: the first word after its header (``ok``, ``changed``,
+        ``skipping``, ``fatal``), or ``""`` if it did not run."""
+        head = re.search(rf"^TASK \[[^\]]*{re.escape(name)}\] \**$", self.output, re.M)
+        if head is None:
+            return ""
+        rest = self.output[head.end() :]
+        body = re.split(r"^(?:TASK|RUNNING HANDLER|PLAY RECAP) ", rest, maxsplit=1, flags=re.M)
+        m = re.search(r"^(ok|changed|skipping|fatal|failed):", body[0], re.M)
+        return m.group(1) if m else ""
+
 
 def run_playbook(
     inventory: Path, playbook: str, *args: str, log: Path, timeout: float = 600

@@ -538,6 +538,34 @@ def test_a_configuration_mosquitto_refuses_is_not_installed(commune: Commune) ->
     assert wait_port("127.0.0.1", commune.port, 5)  # the live broker is untouched
 
 
+def test_a_broker_key_that_is_not_the_certificates_stops_the_play_before_a_restart(
+    commune: Commune,
+) -> None:
+    """Only the key changes (the configuration does not): the check runs on the installed
+    files and fails the play with Mosquitto's error, before the restart handler."""
+    inventory = json.loads((commune.dir / "inventory.yml").read_text())
+    host = inventory["all"]["children"]["brokers"]["hosts"]["test-broker"]
+    good_key = host["commune_broker_key"]
+    host["commune_broker_key"] = commune.cert("xd-0001")[1].read_text()  # another pair's key
+    bad = commune.dir / "inventory-key.yml"
+    bad.write_text(json.dumps(inventory))
+    try:
+        play = run_playbook(bad, "broker.yml", log=commune.dir / "broker-key.log")
+        assert play.rc != 0
+        assert play.task(CHECK_TASK) == "fatal", play.output[-4000:]
+        assert re.search(r"Unable to load server key file", play.output), play.output[-4000:]
+        assert "RUNNING HANDLER" not in play.output
+    finally:  # the good key back, for the tests after this one
+        host["commune_broker_key"] = good_key
+        bad.write_text(json.dumps(inventory))
+        fixed = run_playbook(bad, "broker.yml", log=commune.dir / "broker-key-fixed.log")
+    assert fixed.rc == 0, fixed.output[-4000:]
+    assert fixed.task(CHECK_TASK) == "ok", fixed.output[-4000:]
+
+
+CHECK_TASK = "Check Mosquitto with the new certificates, key or ACL"
+
+
 CHECK = ANSIBLE_DIR / "roles" / "commune_broker" / "files" / "mosquitto-check-config"
 
 
