@@ -145,6 +145,10 @@ class _State:
     seen: deque[tuple[float, FloatArray]] = field(default_factory=deque)  # (t, cx cy w h)
     confirmed: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.seen:  # the velocity window starts with the first box
+            self.seen.append((self.first_ts, to_cxcywh(self.box)))
+
     @property
     def label(self) -> str:
         return self.votes.most_common(1)[0][0]
@@ -288,7 +292,6 @@ class Tracker:
             if inside[c] >= self.max_contained:
                 continue
             state = _State(self._next_id, xyxy[i], float(dets.scores[i]), t, t)
-            state.seen.append((t, to_cxcywh(xyxy[i])))
             state.votes[dets.label(i)] += 1
             self._tracks.append(state)
             seen.add(state.track_id)
