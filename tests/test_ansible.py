@@ -520,16 +520,26 @@ def test_broker_files_are_readable_by_the_mosquitto_user_only(commune: Commune) 
         assert f"\n{line}\n" in conf
 
 
+CHECK = ANSIBLE_DIR / "roles" / "commune_broker" / "files" / "mosquitto-check-config"
+CHECK_TASK = "Check Mosquitto with the new certificates, key or ACL"
+
+
+def broker_inventory(commune: Commune, name: str, **host_vars: str) -> Path:
+    """The commune fixture's broker inventory with ``host_vars`` changed, as ``name``."""
+    inventory = json.loads((commune.dir / "inventory.yml").read_text())
+    inventory["all"]["children"]["brokers"]["hosts"]["test-broker"].update(host_vars)
+    path = commune.dir / name
+    path.write_text(json.dumps(inventory))
+    return path
+
+
 def test_a_configuration_mosquitto_refuses_is_not_installed(commune: Commune) -> None:
     """A typo in a role variable: the throwaway broker of the check refuses the new
     configuration, the play fails with Mosquitto's own error, the installed file is kept."""
     conf = commune.dir / "etc" / "mosquitto.conf"
     before = conf.read_bytes()
-    inventory = json.loads((commune.dir / "inventory.yml").read_text())
-    host = inventory["all"]["children"]["brokers"]["hosts"]["test-broker"]
-    host["commune_broker_tls_version"] = "tls1.2"  # Mosquitto's name is tlsv1.2
-    bad = commune.dir / "inventory-bad.yml"
-    bad.write_text(json.dumps(inventory))
+    # Mosquitto's name is tlsv1.2
+    bad = broker_inventory(commune, "inventory-bad.yml", commune_broker_tls_version="tls1.2")
     play = run_playbook(bad, "broker.yml", log=commune.dir / "broker-bad.log")
     assert play.rc != 0
     assert re.search(r'Unsupported tls_version \\?"tls1\.2', play.output), play.output[-4000:]
@@ -543,12 +553,8 @@ def test_a_broker_key_that_is_not_the_certificates_stops_the_play_before_a_resta
 ) -> None:
     """Only the key changes (the configuration does not): the check runs on the installed
     files and fails the play with Mosquitto's error, before the restart handler."""
-    inventory = json.loads((commune.dir / "inventory.yml").read_text())
-    host = inventory["all"]["children"]["brokers"]["hosts"]["test-broker"]
-    good_key = host["commune_broker_key"]
-    host["commune_broker_key"] = commune.cert("xd-0001")[1].read_text()  # another pair's key
-    bad = commune.dir / "inventory-key.yml"
-    bad.write_text(json.dumps(inventory))
+    other_key = commune.cert("xd-0001")[1].read_text()  # another pair's key
+    bad = broker_inventory(commune, "inventory-key.yml", commune_broker_key=other_key)
     try:
         play = run_playbook(bad, "broker.yml", log=commune.dir / "broker-key.log")
         assert play.rc != 0
@@ -556,17 +562,10 @@ def test_a_broker_key_that_is_not_the_certificates_stops_the_play_before_a_resta
         assert re.search(r"Unable to load server key file", play.output), play.output[-4000:]
         assert "RUNNING HANDLER" not in play.output
     finally:  # the good key back, for the tests after this one
-        host["commune_broker_key"] = good_key
-        bad.write_text(json.dumps(inventory))
-        fixed = run_playbook(bad, "broker.yml", log=commune.dir / "broker-key-fixed.log")
+        good = commune.dir / "inventory.yml"
+        fixed = run_playbook(good, "broker.yml", log=commune.dir / "broker-key-fixed.log")
     assert fixed.rc == 0, fixed.output[-4000:]
     assert fixed.task(CHECK_TASK) == "ok", fixed.output[-4000:]
-
-
-CHECK_TASK = "Check Mosquitto with the new certificates, key or ACL"
-
-
-CHECK = ANSIBLE_DIR / "roles" / "commune_broker" / "files" / "mosquitto-check-config"
 
 
 def load_check() -> ModuleType:
