@@ -10,6 +10,7 @@ another message under the same seq), every visit that got ``new`` got an ``end``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from tests import polling
 from tests.mqtt_support import Received
 from tests.test_end_to_end import BASE
 
@@ -104,13 +105,8 @@ def agent(config: Path, logs: Path, **kw: Any) -> Iterator[AgentProcess]:
         a.kill()
 
 
-def wait_until(cond: Any, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
+# the fault tests' conditions open the outbox or read logs: every 0.1 s is often enough
+wait_until = functools.partial(polling.wait_until, step=0.1)
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faultproxy import FaultProxy
+from tests.polling import wait_until
 
 
 @pytest.fixture
@@ -71,15 +72,6 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return out
 
 
-def wait_until(cond, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_pass_forwards_both_ways_and_counts_bytes(proxy: FaultProxy) -> None:
     with connect(proxy.port) as s:
         s.sendall(b"hello" * 1000)
@@ -101,10 +93,10 @@ def test_blackhole_reads_and_answers_nothing_and_the_stream_stays_dead(
     s.settimeout(0.3)
     with pytest.raises(TimeoutError):
         s.recv(10)
-    assert wait_until(lambda: proxy.stats().bytes_discarded == 400)
+    assert wait_until(lambda: proxy.stats().bytes_discarded == 400, 3.0)
     fresh = connect(proxy.port)  # accepted during the blackhole, never answered either
     fresh.sendall(b"x")
-    assert wait_until(lambda: proxy.stats().bytes_discarded == 401)  # accepted, read, dropped
+    assert wait_until(lambda: proxy.stats().bytes_discarded == 401, 3.0)  # accepted, read, dropped
     proxy.set_mode("pass")
     s.sendall(b"again")  # a stream that lost bytes cannot be whole again: still nothing
     fresh.settimeout(0.3)

@@ -23,6 +23,7 @@ from agent.delivery.outbox import Outbox, OutMessage
 from agent.delivery.publisher import Publisher
 from agent.errors import ConfigError
 from tests.mqtt_support import DeliveryAgent, Mosquitto, Received, Subscriber  # `broker`: conftest
+from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "camnet/c1/n1"
@@ -55,15 +56,6 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., DeliveryAgent]]:
 
 def ids_of(messages: list[Received]) -> list[str]:
     return [json.loads(m.payload)["id"] for m in messages if m.topic == f"{BASE}/events"]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_rows_go_in_order_and_leave_only_after_puback(

@@ -4,7 +4,6 @@ clock and a fake notifier, the real notifier against real ``AF_UNIX`` datagram s
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from agent.node.service import Supervisor, status_line
 from agent.node.systemd import SdNotifier, notify_address, watchdog_interval_s
 from tests.fakes import FakeClock, FakeNotifier, FakeSource
 from tests.notify_support import NotifySocket
+from tests.polling import wait_until
 
 
 @pytest.mark.parametrize(
@@ -214,15 +214,6 @@ def test_a_failing_status_does_not_stop_the_pings():
     live.beat("publisher").tick()
     step(sup)
     assert notifier.take() == ["READY=1", "STATUS=state unknown", "WATCHDOG=1"]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_component_hung_under_describe_cannot_silence_the_verdict():

@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +34,11 @@ from agent.domain import Frame
 from agent.errors import SourceError, SourceFinished
 from tests.conftest import MEDIA
 from tests.fakes import FakeClock, FakeSource
+from tests.polling import wait_until
 
 CLIP = MEDIA / "one-by-one-person-detection.mp4"  # 1394 frames, 10 fps, 768x432
 CLIP_FRAMES = 1394
 FAST = Backoff(initial_s=0.01, max_s=0.05, jitter_s=0.01, healthy_after_s=10.0)
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def drain_source(src: OpenCVSource) -> list[Frame]:
@@ -351,7 +343,7 @@ def test_missing_file_reconnects_with_backoff(
     caplog.set_level(logging.WARNING, logger="agent.capture.thread")
     cfg = CameraConfig(id="gone", source="/nonexistent/clip.mp4")
     cap = start(threads, CaptureThread.for_camera(cfg, backoff=FAST))
-    assert wait_for(lambda: cap.status().reconnects >= 3)
+    assert wait_until(lambda: cap.status().reconnects >= 3)
     st = cap.status()
     assert st.state == "reconnecting"
     assert st.last_error is not None
@@ -375,7 +367,7 @@ def test_fake_failing_opens_then_online(threads: list[CaptureThread]) -> None:
         seen.append(cap.status())
         return seen[-1].state == "online"
 
-    assert wait_for(online)
+    assert wait_until(online)
     states = [s.state for s in seen]
     assert states[0] in ("starting", "reconnecting")
     assert "reconnecting" in states
@@ -384,7 +376,7 @@ def test_fake_failing_opens_then_online(threads: list[CaptureThread]) -> None:
     assert st.reconnects == 3
     assert src.opens == 4
     assert st.last_error == f"{src.name}: cannot open (#3)"
-    assert wait_for(lambda: cap.slot.get(1) is not None)
+    assert wait_until(lambda: cap.slot.get(1) is not None)
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -403,15 +395,15 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_hanging_read_is_reported_stale_then_reopened(threads: list[CaptureThread]) -> None:
     src = FakeSource(hang_at=20, hang_s=5.0)
     cap = start(threads, CaptureThread(src, read_timeout_s=0.3, open_timeout_s=0.3, backoff=FAST))
-    assert wait_for(lambda: cap.status().state == "online")
-    assert wait_for(lambda: cap.status().state == "reconnecting", timeout=3)
+    assert wait_until(lambda: cap.status().state == "online")
+    assert wait_until(lambda: cap.status().state == "reconnecting", timeout=3)
     st = cap.status()
     assert src.total == 20  # still hanging in read(): the watchdog reported it
     assert st.last_error is not None
     assert "no frame for 0.3 s" in st.last_error
     assert st.since >= 0
     src.release.set()  # the late frame is refused, the source is reopened
-    assert wait_for(lambda: cap.status().state == "online" and cap.status().reconnects == 1)
+    assert wait_until(lambda: cap.status().state == "online" and cap.status().reconnects == 1)
     assert src.opens == 2
 
 
@@ -419,7 +411,7 @@ def test_dropped_after_healthy_run_reopens_at_once(threads: list[CaptureThread])
     src = FakeSource(fail_read_at=10)
     backoff = Backoff(initial_s=30.0, max_s=30.0, jitter_s=0.0, healthy_after_s=0.0)
     cap = start(threads, CaptureThread(src, backoff=backoff))
-    assert wait_for(lambda: cap.status().reconnects >= 2, timeout=3)  # no 30 s waits
+    assert wait_until(lambda: cap.status().reconnects >= 2, timeout=3)  # no 30 s waits
     assert cap.status().last_error == f"{src.name}: connection reset"
 
 
@@ -427,7 +419,7 @@ def test_stop_is_prompt_during_backoff(threads: list[CaptureThread]) -> None:
     src = FakeSource(fail_opens=1000)
     cap = CaptureThread(src, backoff=Backoff(initial_s=30.0, max_s=30.0))
     cap.start()
-    assert wait_for(lambda: cap.status().state == "reconnecting")
+    assert wait_until(lambda: cap.status().state == "reconnecting")
     started = time.monotonic()
     cap.stop()
     assert cap.join(2)
@@ -439,7 +431,7 @@ def test_stop_is_prompt_during_backoff(threads: list[CaptureThread]) -> None:
 def test_stop_releases_a_producer_blocked_on_a_lossless_slot() -> None:
     cap = CaptureThread(FakeSource(), lossless=True, backoff=FAST)
     cap.start()
-    assert wait_for(lambda: cap.status().frames_in >= 2)  # one in the slot, one waiting
+    assert wait_until(lambda: cap.status().frames_in >= 2)  # one in the slot, one waiting
     cap.stop()
     assert cap.join(2)
     assert cap.status().state == "stopped"
@@ -451,7 +443,7 @@ def test_unexpected_error_is_caught_logged_and_counted(
     caplog.set_level(logging.ERROR, logger="agent.capture.thread")
     src = FakeSource(crash_at=5)
     cap = start(threads, CaptureThread(src, backoff=FAST))
-    assert wait_for(lambda: cap.status().internal_errors == 1 and cap.status().frames_in > 10)
+    assert wait_until(lambda: cap.status().internal_errors == 1 and cap.status().frames_in > 10)
     assert cap.status().state == "online"
     assert src.closes >= 1  # the crashed session closed its source
     assert any("RuntimeError" in r.getMessage() for r in caplog.records)

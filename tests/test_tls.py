@@ -36,6 +36,7 @@ from agent.errors import ConfigError
 from agent.tools.tail import Tail
 from tests.conftest import MODELS
 from tests.mqtt_support import BrokerTls, DeliveryAgent, Mosquitto, Subscriber
+from tests.polling import wait_until
 from tests.tls_support import BROKER_NAME, Ca, Issued
 
 COMMUNE, NODE = "c1", "n1"
@@ -51,15 +52,6 @@ pattern write camnet/{COMMUNE}/%u/#
 
 def online() -> bytes:
     return json.dumps({"state": "online", "ts": time.time()}).encode()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @dataclass(frozen=True)
