@@ -96,6 +96,11 @@ class Mosquitto(LocalBroker):
             lines.append(f"password_file {passwd}")
         super().__init__(workdir, conf_lines=tuple(lines), anonymous=anonymous)
 
+    def saved_at(self) -> int:
+        """When the broker last wrote its persistence file (ns; 0 before the first save)."""
+        db = self.workdir / "mosquitto.db"
+        return db.stat().st_mtime_ns if db.exists() else 0
+
     def freeze(self) -> None:
         self.signal(signal.SIGSTOP)
 
@@ -182,6 +187,13 @@ class Subscriber:
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: predicate(self._messages), timeout)
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """A SUBSCRIBE round trip: once its SUBACK is back, the broker has processed every
+        PUBACK this client sent before it (one connection is handled in order)."""
+        self._subscribed.clear()
+        self._client.subscribe(f"{self._filter.rstrip('#/')}/sync-{uuid.uuid4().hex[:8]}", qos=1)
+        return self._subscribed.wait(timeout)
 
     def close(self) -> None:
         self._client.disconnect()
