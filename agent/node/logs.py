@@ -26,10 +26,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False)
 
 
+HANDLER_NAME = "edge-agent"  # the one handler setup_logging installs
+
+
 def setup_logging(level: str, *, json_format: bool = False, secrets: Iterable[str] = ()) -> None:
     """Configure the root logger once: one stderr handler with the redacting filter, which
     also masks the configured ``secrets`` wherever they appear."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(HANDLER_NAME)
     handler.addFilter(RedactingFilter(secrets))
     fmt = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
     handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(fmt))
